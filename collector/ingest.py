@@ -1,0 +1,191 @@
+"""Ingest: the Unix socket agents connect to, one `AgentConnection` per process.
+
+BOOT    -> check the token, answer with the agent's source and settings (PAYLOAD)
+HELLO   -> a process is observed: a ProcessSession with its resource and clock
+CODES   -> the session's code table
+SPANS   -> OpenTelemetry spans, handed to every sink
+STATS   -> agent health; newly dropped records are reported once
+ERROR   -> the agent could not start (no free tool id, already attached, ...)
+BYE/EOF -> the session ends (EOF without BYE: the process died or was killed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from profiler import wire
+from profiler.agent.settings import AgentSettings
+from profiler.payload import payload
+
+from .session import ProcessSession, ResourceSettings
+from .sinks import SpanSink
+from .spans import build_span
+
+__all__ = ["AgentConnection", "Notice", "SessionHub"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user may want to hear about: kind, pid, one-line message."""
+
+    kind: str  # booting | started | agent_error | dropped | protocol_error | ended | lost
+    pid: int
+    message: str
+    session: ProcessSession | None = None
+
+
+class SessionHub:
+    """Shared by all connections: settings, sinks, live sessions, and the notice callback."""
+
+    def __init__(
+        self,
+        sinks: list[SpanSink],
+        agent_settings: AgentSettings,
+        resource: ResourceSettings,
+        token: str,
+        notify: Callable[[Notice], None],
+    ) -> None:
+        self.sinks = sinks
+        self.agent_settings = agent_settings
+        self.resource = resource
+        self.token = token
+        self.notify = notify
+        self.sessions: dict[int, ProcessSession] = {}
+        self.connections: set[AgentConnection] = set()
+        self.malformed_spans = 0
+        self.spans_exported = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def token_ok(self, token: object) -> bool:
+        """True if a peer presented this collector's token."""
+        return isinstance(token, str) and hmac.compare_digest(token, self.token)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """asyncio.start_unix_server callback: serve one agent until it leaves."""
+        connection = AgentConnection(self, reader, writer)
+        self.connections.add(connection)
+        self._idle.clear()
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+            if not self.connections:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no agent is connected; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def emit(self, session: ProcessSession, records: list[tuple[Any, ...]]) -> None:
+        """Turn span records into spans and give them to every sink."""
+        for record in records:
+            try:
+                span = build_span(session, record)
+            except (ValueError, TypeError, KeyError, IndexError):
+                self.malformed_spans += 1
+                continue
+            for sink in self.sinks:
+                sink.on_span(span)
+            self.spans_exported += 1
+        session.spans_received += len(records)
+
+
+class AgentConnection:
+    """The frames of one agent connection, in order."""
+
+    def __init__(
+        self, hub: SessionHub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.hub = hub
+        self.reader = reader
+        self.writer = writer
+        self.session: ProcessSession | None = None
+        self.pid = 0
+        self._said_bye = False
+        self._decoder = wire.FrameDecoder(wire.AGENT_KINDS)
+
+    async def serve(self) -> None:
+        """Read frames until EOF or a protocol error."""
+        try:
+            while True:
+                data = await self.reader.read(1 << 20)
+                if not data:
+                    break
+                for kind, body in self._decoder.feed(data):
+                    self._on_frame(kind, body)
+        except wire.WireError as exc:
+            self.hub.notify(Notice("protocol_error", self.pid, f"malformed frame: {exc}"))
+        except ConnectionError:
+            pass
+        finally:
+            self.writer.close()
+            self._ended()
+
+    def send(self, kind: int, body: Any) -> None:
+        """Queue a frame to the agent (PAYLOAD or STOP)."""
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode_frame(kind, body))
+
+    def stop(self, reason: str) -> None:
+        """Ask the agent to detach."""
+        self.send(wire.STOP, {"reason": reason})
+
+    def _on_frame(self, kind: int, body: Any) -> None:
+        hub = self.hub
+        if kind == wire.BOOT:
+            self.pid = int(body.get("pid", 0))
+            if not hub.token_ok(body.get("token")):
+                self.send(wire.STOP, {"reason": "bad token"})
+                raise wire.WireError("a process presented a wrong session token")
+            self.send(wire.PAYLOAD, payload(hub.agent_settings))
+            hub.notify(Notice("booting", self.pid, f"Python {body.get('python')} connected"))
+        elif kind == wire.HELLO:
+            if not hub.token_ok(body.get("token")):
+                raise wire.WireError("an agent presented a wrong session token")
+            self.session = ProcessSession(body, hub.resource)
+            self.pid = self.session.pid
+            hub.sessions[self.pid] = self.session
+            verb = "reconnected" if body.get("reconnect") else "started"
+            hub.notify(Notice("started", self.pid, verb, self.session))
+        elif kind == wire.ERROR:
+            code, message = body
+            hub.notify(Notice("agent_error", self.pid, f"{code}: {message}"))
+        elif self.session is None:
+            raise wire.WireError(f"frame kind {kind} before HELLO")
+        elif kind == wire.CODES:
+            self.session.add_codes(body)
+        elif kind == wire.SPANS:
+            hub.emit(self.session, body)
+        elif kind == wire.STATS:
+            self._on_stats(self.session, body)
+        elif kind == wire.BYE:
+            self._said_bye = True
+            hub.notify(Notice("ended", self.pid, str(body.get("reason", "")), self.session))
+
+    def _on_stats(self, session: ProcessSession, stats: dict[str, Any]) -> None:
+        session.stats = stats
+        dropped = stats.get("dropped", {})
+        fresh = {
+            reason: int(count) - session.dropped_reported.get(reason, 0)
+            for reason, count in dropped.items()
+            if int(count) > session.dropped_reported.get(reason, 0)
+        }
+        if fresh:
+            session.dropped_reported.update({k: int(v) for k, v in dropped.items()})
+            text = ", ".join(f"{count} ({reason})" for reason, count in sorted(fresh.items()))
+            self.hub.notify(Notice("dropped", self.pid, f"agent dropped records: {text}", session))
+
+    def _ended(self) -> None:
+        if self.session is not None and not self._said_bye:
+            self.hub.notify(Notice("lost", self.pid, "connection lost", self.session))
+        if self.session is not None and self.hub.sessions.get(self.pid) is self.session:
+            del self.hub.sessions[self.pid]

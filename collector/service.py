@@ -1,0 +1,134 @@
+"""A collector for one CLI session: private socket in, configured outputs out.
+
+`run`, `attach` and `demo` each start one; the node daemon builds on the same parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from profiler.agent.settings import AgentSettings
+from profiler.errors import ExportError
+
+from .ingest import Notice, SessionHub
+from .jsonl import JsonLinesWriter
+from .otlp import build_processor
+from .session import ResourceSettings
+from .settings import Settings
+from .sinks import ProcessorSink, SpanSink
+from .tree import TreePrinter
+
+__all__ = ["LocalCollector", "Summary", "agent_settings_from"]
+
+
+def agent_settings_from(settings: Settings, **overrides: object) -> AgentSettings:
+    """What the agent needs to know of the user's settings."""
+    values: dict[str, object] = {
+        "include": settings.include,
+        "exclude": settings.exclude,
+        "max_events": settings.max_events,
+        "split_after": settings.split_after,
+        "sample_ratio": settings.sample_ratio,
+        "parent_based": settings.sampler.startswith("parentbased"),
+    }
+    values.update(overrides)
+    return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a session produced, for the closing line."""
+
+    spans: int
+    processes: int
+    malformed: int
+    flushed: bool
+
+
+class LocalCollector:
+    """Listens on a private Unix socket and sends spans to the tree, a file and/or OTLP."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        notify: Callable[[Notice], None],
+        tree: TextIO | None,
+        agent_settings: AgentSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.token = secrets.token_hex(16)
+        self.sinks = self._sinks(settings, tree)
+        resource = ResourceSettings(
+            settings.service_name, settings.service_version, dict(settings.resource_attributes)
+        )
+        self.hub = SessionHub(
+            self.sinks,
+            agent_settings or agent_settings_from(settings),
+            resource,
+            self.token,
+            self._on_notice,
+        )
+        self._notify = notify
+        self._directory: str | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self.processes_seen: set[int] = set()
+        self.address = ""
+
+    async def start(self, directory: str | None = None) -> str:
+        """Listen on `<private dir>/agent.sock` (dir 0700, socket 0600); return its path."""
+        self._directory = tempfile.mkdtemp(prefix="async-inspect-", dir=directory)
+        os.chmod(self._directory, 0o700)
+        self.address = os.path.join(self._directory, "agent.sock")
+        self._server = await asyncio.start_unix_server(self.hub.handle, path=self.address)
+        os.chmod(self.address, 0o600)
+        return self.address
+
+    async def finish(self, wait_for_agents: float) -> Summary:
+        """Wait for agents to say goodbye, stop listening, flush and shut every output."""
+        await self.hub.wait_idle(wait_for_agents)
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.hub.connections):
+            connection.writer.close()
+        flushed = await asyncio.to_thread(self._shutdown_sinks)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+        return Summary(
+            self.hub.spans_exported, len(self.processes_seen), self.hub.malformed_spans, flushed
+        )
+
+    def _on_notice(self, notice: Notice) -> None:
+        if notice.kind == "started":
+            self.processes_seen.add(notice.pid)
+        self._notify(notice)
+
+    def _shutdown_sinks(self) -> bool:
+        flushed = True
+        for sink in self.sinks:
+            flushed = sink.flush(self.settings.bsp_export_timeout) and flushed
+            sink.shutdown()
+        return flushed
+
+    @staticmethod
+    def _sinks(settings: Settings, tree: TextIO | None) -> list[SpanSink]:
+        sinks: list[SpanSink] = []
+        if tree is not None:
+            sinks.append(TreePrinter(tree))
+        if settings.output:
+            try:
+                stream = open(settings.output, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ExportError(
+                    f"cannot write {settings.output}: {exc.strerror}", "choose another --output"
+                ) from None
+            sinks.append(JsonLinesWriter(stream))
+        if settings.endpoint:
+            sinks.append(ProcessorSink(build_processor(settings)))
+        return sinks

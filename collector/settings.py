@@ -1,0 +1,230 @@
+"""Every setting of async-inspect, declared once: name, environment variable, default, meaning.
+
+Resolution order: command-line flag > environment variable > config file > default.
+OpenTelemetry's own variables are used wherever one exists; ours are `ASYNC_INSPECT_*`.
+A bad value from any source is a ConfigError that names the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from profiler.errors import ConfigError
+
+__all__ = ["OPTIONS", "Option", "Settings", "resolve"]
+
+
+def _endpoint(text: str) -> str:
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http://host:port or https://host:port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    default_port = 443 if parts.scheme == "https" else 4317
+    return f"{parts.scheme}://{parts.hostname}:{port or default_port}"
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` (values may be %-encoded, as OTEL_EXPORTER_OTLP_HEADERS allows)."""
+    result: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item.split('=')[0]!r} is not key=value")
+        result[unquote(key.strip())] = unquote(value.strip())
+    return result
+
+
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _millis(text: str) -> float:
+    return _seconds(text) / 1000.0
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _compression(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("gzip", "none", ""):
+        raise ValueError("expected gzip or none")
+    return lowered or "none"
+
+
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _sampler(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in SAMPLERS:
+        raise ValueError(f"expected one of {', '.join(SAMPLERS)}")
+    return lowered
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number from 0 to 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its key (config file and Settings field), env variable, parser, help."""
+
+    key: str
+    env: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False  # never echo the value (headers carry API keys)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _endpoint,
+           "OTLP/gRPC endpoint; unset = draw traces in the terminal only"),
+    Option("headers", "OTEL_EXPORTER_OTLP_HEADERS", _pairs,
+           "headers sent with every export (k=v,...), e.g. API keys; never logged", secret=True),
+    Option("compression", "OTEL_EXPORTER_OTLP_COMPRESSION", _compression, "gzip or none"),
+    Option("insecure", "OTEL_EXPORTER_OTLP_INSECURE", _bool,
+           "plaintext gRPC even for an https endpoint"),
+    Option("certificate", "OTEL_EXPORTER_OTLP_CERTIFICATE", str,
+           "CA bundle (PEM) to verify the endpoint's TLS certificate"),
+    Option("export_timeout", "OTEL_EXPORTER_OTLP_TIMEOUT", _millis,
+           "seconds one export may take (env in ms)"),
+    Option("service_name", "OTEL_SERVICE_NAME", str,
+           "service.name (default: the target's OTEL_SERVICE_NAME, else its program name)"),
+    Option("service_version", "ASYNC_INSPECT_SERVICE_VERSION", str, "service.version"),
+    Option("resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _pairs,
+           "extra resource attributes (k=v,...)"),
+    Option("export_interval", "OTEL_BSP_SCHEDULE_DELAY", _millis,
+           "seconds between exports (env in ms, as the OTel SDK)"),
+    Option("max_queue_size", "OTEL_BSP_MAX_QUEUE_SIZE", _positive_int,
+           "spans queued for export; beyond it spans are dropped (counted)"),
+    Option("max_export_batch_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _positive_int,
+           "spans per export request"),
+    Option("bsp_export_timeout", "OTEL_BSP_EXPORT_TIMEOUT", _millis,
+           "seconds the batch processor waits for one export (env in ms)"),
+    Option("sampler", "OTEL_TRACES_SAMPLER", _sampler, "trace sampler, decided per trace root"),
+    Option("sampler_arg", "OTEL_TRACES_SAMPLER_ARG", _ratio, "ratio for traceidratio samplers"),
+    Option("include", "ASYNC_INSPECT_INCLUDE", _globs,
+           "module globs traced even in site-packages / stdlib (comma-separated)"),
+    Option("exclude", "ASYNC_INSPECT_EXCLUDE", _globs,
+           "module or module:qualname globs never traced (comma-separated)"),
+    Option("max_events", "ASYNC_INSPECT_MAX_EVENTS", _positive_int, "events kept per span"),
+    Option("split_after", "ASYNC_INSPECT_SPLIT_AFTER", _seconds,
+           "a span started under a parent older than this starts a new, linked trace"),
+    Option("output", "ASYNC_INSPECT_OUTPUT", str, "also write every span as JSON lines here"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; see OPTIONS for each field's meaning and variable."""
+
+    endpoint: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: str = "none"
+    insecure: bool | None = None
+    certificate: str | None = None
+    export_timeout: float = 10.0
+    service_name: str | None = None
+    service_version: str | None = None
+    resource_attributes: dict[str, str] = field(default_factory=dict)
+    export_interval: float = 1.0
+    max_queue_size: int = 2048
+    max_export_batch_size: int = 512
+    bsp_export_timeout: float = 30.0
+    sampler: str = "parentbased_always_on"
+    sampler_arg: float | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_events: int = 128
+    split_after: float = 30.0
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ConfigError(
+                f"max export batch size {self.max_export_batch_size} exceeds the max queue "
+                f"size {self.max_queue_size}",
+                "lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE or raise OTEL_BSP_MAX_QUEUE_SIZE",
+            )
+
+    @property
+    def sample_ratio(self) -> float:
+        """The probability a trace is kept, from the sampler and its argument."""
+        if self.sampler in ("always_off", "parentbased_always_off"):
+            return 0.0
+        if self.sampler.endswith("traceidratio"):
+            return 1.0 if self.sampler_arg is None else self.sampler_arg
+        return 1.0
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from flags (already typed; None = not given), environment and config file."""
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)}
+    for option in OPTIONS:
+        if flags.get(option.key) is not None:
+            values[option.key] = flags[option.key]
+        elif option.env and environ.get(option.env, "").strip():
+            values[option.key] = _parse(option, environ[option.env], f"${option.env}")
+        elif file and option.key in file:
+            raw = file[option.key]
+            values[option.key] = (
+                _parse(option, raw, f"config key {option.key!r}") if isinstance(raw, str) else raw
+            )
+    unknown = set(flags) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return Settings(**values)
+
+
+def _parse(option: Option, raw: str, source: str) -> Any:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        shown = "<redacted>" if option.secret else repr(raw)
+        raise ConfigError(
+            f"invalid {source}={shown}: {exc}", f"fix or unset {option.env or option.key}"
+        ) from None

@@ -1,0 +1,146 @@
+"""The named daemon thread that ships finished spans to the collector.
+
+It wakes every 50 ms, ships at the interval (sooner when the buffer is half full), in
+batches small enough that one `marshal.dumps` never holds the GIL for long. While the
+collector is away, what would have been shipped is dropped and counted, the connection
+is retried every second, and the counts are reported when it is back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import wire
+from . import spans as S
+from .channel import Channel, connect
+from .tracker import Tracker
+
+__all__ = ["Sender"]
+
+TICK = 0.05
+RECONNECT_EVERY = 1.0
+
+
+class Sender:
+    """Drains the tracker into the channel on its own thread."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        channel: Channel,
+        hello: Callable[[bool], dict[str, Any]],
+        on_stop_request: Callable[[str], None],
+    ) -> None:
+        self.tracker = tracker
+        self.channel = channel
+        self._hello = hello
+        self._on_stop_request = on_stop_request
+        self._interval = tracker.settings.ship_interval
+        self._batch = tracker.settings.batch_size
+        self._high_water = tracker.settings.buffer_size // 2
+        self._stop = threading.Event()
+        self._ship_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.dropped_disconnected = 0
+        self.spans_sent = 0
+        self.reconnects = 0
+
+    def start(self) -> None:
+        """Start the daemon thread `async-inspect-sender`."""
+        self._thread = threading.Thread(target=self._run, name="async-inspect-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 2.0) -> None:
+        """Ask the thread to end and wait for it (unless called on that very thread)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
+
+    @property
+    def is_current(self) -> bool:
+        """True when called on the sender thread."""
+        return self._thread is threading.current_thread()
+
+    def _run(self) -> None:
+        next_ship = time.monotonic() + self._interval
+        next_connect = 0.0
+        while not self._stop.wait(TICK):
+            try:
+                for kind, body in self.channel.receive():
+                    if kind == wire.STOP:
+                        self._on_stop_request(str(body.get("reason", "detach")))
+                        return
+                now = time.monotonic()
+                if self.channel.broken and now >= next_connect:
+                    next_connect = now + RECONNECT_EVERY
+                    self._reconnect()
+                if now >= next_ship or len(self.tracker.finished) >= self._high_water:
+                    next_ship = now + self._interval
+                    self.ship(with_stats=True)
+            except Exception as exc:  # the sender must outlive any single bad shipment
+                self.tracker.fault(exc)
+
+    def ship(self, with_stats: bool = False, extra: list[tuple[Any, ...]] | None = None) -> None:
+        """Send new code entries, finished spans (and `extra` records), then stats."""
+        with self._ship_lock:
+            tracker, channel = self.tracker, self.channel
+            codes = _drain(tracker.new_codes, len(tracker.new_codes))
+            if codes and not channel.send(wire.CODES, codes):
+                tracker.new_codes.extendleft(reversed(codes))  # resent in full on reconnect
+            records = [S.to_wire(span) for span in _drain(tracker.finished, self._high_water)]
+            records.extend(extra or ())
+            for first in range(0, len(records), self._batch):
+                batch = records[first : first + self._batch]
+                if channel.send(wire.SPANS, batch):
+                    self.spans_sent += len(batch)
+                else:
+                    self.dropped_disconnected += len(batch)
+            if with_stats:
+                channel.send(wire.STATS, self.stats())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the collector: what was dropped and why, and our own health."""
+        tracker = self.tracker
+        dropped = dict(tracker.dropped)
+        if self.dropped_disconnected:
+            dropped["collector_unavailable"] = self.dropped_disconnected
+        return {
+            "dropped": dropped,
+            "open_spans": len(tracker.open),
+            "buffered": len(tracker.finished),
+            "codes": len(tracker.code_ids),
+            "tasks_seen": tracker.tasks_seen,
+            "spans_sent": self.spans_sent,
+            "internal_errors": tracker.internal_errors,
+            "last_error": tracker.last_error,
+            "reconnects": self.reconnects,
+        }
+
+    def _reconnect(self) -> None:
+        try:
+            sock = connect(self.channel.address)
+        except OSError:
+            return
+        old = self.channel
+        self.channel = Channel(sock, old.address)
+        old.close()
+        self.reconnects += 1
+        # The new collector knows nothing: introduce ourselves and resend the code table.
+        if self.channel.send(wire.HELLO, self._hello(True)):
+            self.tracker.new_codes.clear()
+            self.channel.send(wire.CODES, self.tracker.all_codes())
+
+
+def _drain(queue: Any, limit: int) -> list[Any]:
+    items = []
+    popleft = queue.popleft
+    for _ in range(limit):
+        try:
+            items.append(popleft())
+        except IndexError:
+            break
+    return items

@@ -1,0 +1,98 @@
+"""A span under construction, and an asyncio task as the tracker knows it.
+
+A span is a plain list, not an object: one is made for every traced coroutine call, and a
+list literal costs a sixth of a slotted `__init__`. Positions 0..18 are exactly the wire
+layout (`wire.SPAN_*`), so shipping a span is a slice; the rest is the agent's own state.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from .. import wire
+
+__all__ = ["Span", "TaskInfo", "new_span", "to_wire"]
+
+Span = list[Any]
+
+ID = wire.SPAN_ID
+PARENT_ID = wire.SPAN_PARENT
+TRACE = wire.SPAN_TRACE
+TASK = wire.SPAN_TASK
+CODE = wire.SPAN_CODE
+THREAD = wire.SPAN_THREAD
+START = wire.SPAN_START
+END = wire.SPAN_END
+STATE = wire.SPAN_STATE
+POLLS = wire.SPAN_POLLS
+BUSY = wire.SPAN_BUSY
+EVENTS = wire.SPAN_EVENTS  # a flat list while open: kind, perf ns, detail, ...
+EVENTS_DROPPED = wire.SPAN_EVENTS_DROPPED
+ERROR = wire.SPAN_ERROR
+TASK_NAME = wire.SPAN_TASK_NAME
+PARENT_TASK = wire.SPAN_PARENT_TASK
+LINK = wire.SPAN_LINK
+REMOTE = wire.SPAN_REMOTE_PARENT
+FLAGS = wire.SPAN_FLAGS
+# Agent-only state:
+RESUMED = 19  # perf ns of the current resume, 0 while suspended
+PARENT = 20  # the span awaiting this one in the same task, or None
+CHILD = 21  # the span this one awaits right now, or None: events go to the innermost span
+SAMPLED = 22  # bool, decided once per trace root
+TASK_INFO = 23  # TaskInfo on a task's first span, else None
+BLOCKED_AT = 24  # perf ns of the last suspension of the innermost span
+
+
+def new_span(
+    span_id: int,
+    parent_id: int,
+    trace: int,
+    task_id: int,
+    code_id: int,
+    thread: int,
+    start: int,
+    flags: int,
+    sampled: bool,
+    parent: Span | None,
+    task_info: TaskInfo | None,
+) -> Span:
+    """A running span; sampled spans start with their first `poll` event."""
+    events = [wire.EVENT_POLL, start, None] if sampled else None
+    return [
+        span_id, parent_id, trace, task_id, code_id, thread, start, 0, wire.STATE_RUNNING,
+        1, 0, events, 0, None, None, 0, None, None, flags,
+        start, parent, None, sampled, task_info, 0,
+    ]  # fmt: skip
+
+
+def to_wire(span: Span) -> tuple[Any, ...]:
+    """The wire tuple of a span (events frozen into a tuple)."""
+    record = span[: wire.SPAN_FIELDS]
+    events = record[EVENTS]
+    record[EVENTS] = tuple(events) if events else ()
+    return tuple(record)
+
+
+class TaskInfo:
+    """An asyncio task: its id, who created it, and a weak reference to read its name."""
+
+    __slots__ = ("creator", "creator_task", "id", "ref", "thread")
+
+    def __init__(self, task_id: int, creator: Span | None) -> None:
+        self.id = task_id
+        self.creator = creator
+        self.creator_task: int = creator[TASK] if creator is not None else 0
+        self.thread = 0
+        self.ref: weakref.ref[Any] | None = None  # set once the task object exists
+
+    def name(self) -> str | None:
+        """The asyncio task name now (it may be set after creation), or None if gone."""
+        task = self.ref() if self.ref is not None else None
+        if task is None:
+            return None
+        try:
+            name = task.get_name()
+        except Exception:  # a third-party task class without get_name
+            return None
+        return name if isinstance(name, str) else None

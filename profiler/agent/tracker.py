@@ -1,0 +1,469 @@
+"""The task tracker: sys.monitoring events in, finished spans out.
+
+Spans are keyed by the coroutine's frame object, which is stable for the coroutine's
+life. The frame, not a per-thread stack, tells which span an event belongs to: when an
+exception is thrown into a chain of awaits, CPython resumes only the innermost frame, so
+events are not strictly nested per thread and only the frame identifies them reliably.
+
+Event -> span life:
+    PY_START            open a span; its parent is the nearest traced frame up the await
+                        chain, else the span that created the task (cross-task child)
+    PY_RESUME/PY_THROW  one more poll; the innermost span records `poll` (and `wake`)
+    PY_YIELD            suspended; the innermost span records `blocked` on what it awaits
+    PY_RETURN           completed
+    PY_UNWIND           failed, or cancelled for CancelledError / GeneratorExit
+
+PY_UNWIND and PY_THROW cannot be enabled per code object, so they arrive for every frame;
+their callbacks return at once for code we do not trace and never return DISABLE, which
+for these events would switch them off process-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from random import random
+from types import CodeType, FrameType
+from typing import Any
+
+from .. import wire
+from . import spans as S
+from .codefilter import CodeFilter
+from .settings import AgentSettings
+
+__all__ = ["Tracker"]
+
+_getframe = sys._getframe
+_now = time.perf_counter_ns
+_native_thread = threading.get_native_id
+_thread_ident = threading.get_ident
+_DISABLE = sys.monitoring.DISABLE
+# Frames an await chain passes through: coroutines, generators (yield from), async gens.
+_CHAIN_FLAGS = 0x0020 | 0x0080 | 0x0100 | 0x0200
+_CANCELLED = (asyncio.CancelledError, GeneratorExit)
+_MAX_WALK = 64
+
+
+class Tracker:
+    """Holds every live span and turns monitoring events into finished spans."""
+
+    def __init__(self, settings: AgentSettings, code_filter: CodeFilter, tool: int) -> None:
+        self.settings = settings
+        self.tool = tool
+        self._filter = code_filter
+        self.open: dict[FrameType, S.Span] = {}
+        self.code_ids: dict[CodeType, int] = {}
+        self.new_codes: deque[tuple[int, str, str, int, str]] = deque()
+        self._code_table: list[tuple[int, str, str, int, str]] = []
+        self.finished: deque[S.Span] = deque()
+        self.dropped: dict[str, int] = {}
+        self.internal_errors = 0
+        self.last_error = ""
+        self.tasks_seen = 0
+        self._task_frames: dict[FrameType, S.TaskInfo] = {}
+        self._task_infos: dict[int, S.TaskInfo] = {}
+        self._wake_codes: set[CodeType] = set()
+        self._wake_times: dict[int, int] = {}
+        self._span_ids = itertools.count(1).__next__
+        self._task_ids = itertools.count(1).__next__
+        self._code_counter = itertools.count(1).__next__
+        self._max_open = settings.max_open_spans
+        self._max_buffer = settings.buffer_size
+        self._max_event_items = 3 * settings.max_events
+        self._split_ns = int(settings.split_after * 1e9)
+        self._ratio = settings.sample_ratio
+        self.started_at = _now()
+        self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
+        self._loops_seen: dict[int, weakref.ref[Any]] = {}
+
+    # -- decisions made once per code object -------------------------------------------
+
+    def consider(self, code: CodeType, module: str) -> int | None:
+        """Code id if coroutines of `code` are traced (enabling its local events), else None."""
+        known = self.code_ids.get(code)
+        if known is not None:
+            return known
+        if not self._filter.wants(code, module):
+            return None
+        code_id = self._code_counter()
+        self.code_ids[code] = code_id
+        events = sys.monitoring.events
+        sys.monitoring.set_local_events(
+            self.tool, code, events.PY_RESUME | events.PY_YIELD | events.PY_RETURN
+        )
+        entry = (code_id, code.co_qualname, code.co_filename, code.co_firstlineno, module)
+        self._code_table.append(entry)
+        self.new_codes.append(entry)
+        return code_id
+
+    def watch_wakeups(self, code: CodeType) -> None:
+        """Note the time a selector's select() returns: the loop woke up for its callbacks."""
+        self._wake_codes.add(code)
+        sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
+
+    def all_codes(self) -> list[tuple[int, str, str, int, str]]:
+        """Every code entry so far (sent again in full after a reconnect)."""
+        return list(self._code_table)
+
+    def local_codes(self) -> list[CodeType]:
+        """Every code object this tracker enabled local events on (for a clean stop)."""
+        return [*self.code_ids, *self._wake_codes]
+
+    # -- sys.monitoring callbacks (hot path) --------------------------------------------
+
+    def on_start(self, code: CodeType, offset: int) -> Any:
+        try:
+            frame = _getframe(1)
+            code_id = self.code_ids.get(code)
+            if code_id is None:
+                code_id = self.consider(code, frame.f_globals.get("__name__", "?"))
+                if code_id is None:
+                    return _DISABLE
+            self._open(frame, code_id, 0, _now())
+        except Exception as exc:
+            self.fault(exc)
+        return None
+
+    def on_resume(self, code: CodeType, offset: int) -> None:
+        try:
+            frame = _getframe(1)
+            span = self.open.get(frame)
+            if span is None:
+                self._adopt(code, frame)
+                return
+            t = _now()
+            span[S.RESUMED] = t
+            span[S.POLLS] += 1
+            if span[S.SAMPLED] and span[S.CHILD] is None:
+                self._record_poll(span, t, None)
+        except Exception as exc:
+            self.fault(exc)
+
+    def on_throw(self, code: CodeType, offset: int, exc: BaseException) -> None:
+        if code not in self.code_ids:
+            return
+        try:
+            span = self.open.get(_getframe(1))
+            if span is None:
+                return
+            t = _now()
+            span[S.RESUMED] = t
+            span[S.POLLS] += 1
+            if span[S.SAMPLED] and span[S.CHILD] is None:
+                self._record_poll(span, t, "throw " + type(exc).__name__)
+        except Exception as error:
+            self.fault(error)
+
+    def on_yield(self, code: CodeType, offset: int, value: object) -> None:
+        try:
+            span = self.open.get(_getframe(1))
+            if span is None:
+                return
+            t = _now()
+            resumed = span[S.RESUMED]
+            if resumed:
+                span[S.BUSY] += t - resumed
+                span[S.RESUMED] = 0
+            if span[S.SAMPLED] and span[S.CHILD] is None:
+                span[S.BLOCKED_AT] = t
+                self._event(span, wire.EVENT_BLOCKED, t, _describe_awaited(value))
+        except Exception as exc:
+            self.fault(exc)
+
+    def on_return(self, code: CodeType, offset: int, value: object) -> None:
+        try:
+            span = self.open.pop(_getframe(1), None)
+            if span is not None:
+                self._finish(span, wire.STATE_COMPLETED, _now(), None)
+            elif code in self._wake_codes:
+                self._wake_times[_thread_ident()] = _now()
+        except Exception as exc:
+            self.fault(exc)
+
+    def on_unwind(self, code: CodeType, offset: int, exc: BaseException) -> None:
+        if code not in self.code_ids:
+            return
+        try:
+            span = self.open.pop(_getframe(1), None)
+            if span is None:
+                return
+            state = wire.STATE_CANCELLED if isinstance(exc, _CANCELLED) else wire.STATE_FAILED
+            self._finish(span, state, _now(), exc)
+        except Exception as error:
+            self.fault(error)
+
+    # -- span life ----------------------------------------------------------------------
+
+    def _open(
+        self,
+        frame: FrameType,
+        code_id: int,
+        flags: int,
+        t: int,
+        where: tuple[S.Span | None, S.TaskInfo | None, bool] | None = None,
+    ) -> S.Span | None:
+        if len(self.open) >= self._max_open:
+            self._drop("open_span_limit")
+            return None
+        parent, info, same_task = where if where is not None else self._find_parent(frame)
+        span_id = self._span_ids()
+        if parent is not None and t - parent[S.START] <= self._split_ns:
+            trace, parent_id, sampled = parent[S.TRACE], parent[S.ID], parent[S.SAMPLED]
+            link = None
+        else:
+            # A root, or a child of a long-lived span (a server loop, a worker): its own
+            # trace, linked to where it came from, so no trace grows without end.
+            trace, parent_id = span_id, 0
+            link = (parent[S.TRACE], parent[S.ID]) if parent is not None else None
+            sampled = self._ratio >= 1.0 or random() < self._ratio
+        if same_task:
+            assert parent is not None
+            task_id, thread = parent[S.TASK], parent[S.THREAD]
+        else:
+            task_id = info.id if info is not None else 0
+            thread = _native_thread()
+            if info is not None:
+                flags |= wire.FLAG_TASK_ROOT
+                info.thread = thread
+        span = S.new_span(
+            span_id, parent_id, trace, task_id, code_id, thread, t, flags, sampled,
+            parent if same_task else None, info if not same_task else None,
+        )  # fmt: skip
+        span[S.LINK] = link
+        if same_task:
+            assert parent is not None
+            parent[S.CHILD] = span
+        self.open[frame] = span
+        return span
+
+    def _find_parent(self, frame: FrameType) -> tuple[S.Span | None, S.TaskInfo | None, bool]:
+        """(parent span, task info, whether the parent awaits us in the same task)."""
+        info = self._task_frames.pop(frame, None)
+        if info is not None:  # this coroutine is the task's own: a task root
+            return info.creator, info, False
+        back = frame.f_back
+        for _ in range(_MAX_WALK):
+            if back is None:
+                break
+            span = self.open.get(back)
+            if span is not None:
+                return span, None, True
+            info = self._task_frames.get(back)
+            if info is not None:  # a library coroutine runs the task; we are its first app span
+                return info.creator, info, False
+            if not back.f_code.co_flags & _CHAIN_FLAGS:
+                break  # left the await chain (the event loop called the task's step)
+            back = back.f_back
+        return None, self._current_task_info(), False
+
+    def _adopt(self, code: CodeType, frame: FrameType) -> None:
+        """A traced coroutine resumed that started before we watched it: track it from now."""
+        code_id = self.code_ids.get(code)
+        if code_id is None:
+            return
+        span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at)
+        if span is not None:
+            span[S.RESUMED] = _now()
+
+    def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
+        span[S.END] = t
+        resumed = span[S.RESUMED]
+        if resumed:
+            span[S.BUSY] += t - resumed
+            span[S.RESUMED] = 0
+        span[S.STATE] = state
+        parent = span[S.PARENT]
+        if parent is not None and parent[S.CHILD] is span:
+            parent[S.CHILD] = None
+        if not span[S.SAMPLED]:
+            return
+        kind = _STATE_EVENTS[state]
+        span[S.EVENTS] += (kind, t, None)  # the outcome is kept even past the event cap
+        if exc is not None:
+            span[S.ERROR] = self._describe_error(exc)
+        info = span[S.TASK_INFO]
+        if info is not None:
+            span[S.TASK_NAME] = info.name()
+            span[S.PARENT_TASK] = info.creator_task
+        if len(self.finished) < self._max_buffer:
+            self.finished.append(span)
+        else:
+            self._drop("buffer_full")
+
+    def _event(self, span: S.Span, kind: int, t: int, detail: str | None) -> None:
+        events = span[S.EVENTS]
+        if len(events) < self._max_event_items:
+            events += (kind, t, detail)
+        else:
+            span[S.EVENTS_DROPPED] += 1
+
+    def _record_poll(self, span: S.Span, t: int, detail: str | None) -> None:
+        woke = self._wake_times.get(_thread_ident(), 0)
+        if woke > span[S.BLOCKED_AT]:
+            self._event(span, wire.EVENT_WAKE, woke, None)
+        self._event(span, wire.EVENT_POLL, t, detail)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def task_created(self, coro: Any, task_creator_frame: FrameType | None) -> S.TaskInfo:
+        """Called by the task factory before the task exists (an eager task starts inside)."""
+        creator = self.find_open_span(task_creator_frame)
+        info = S.TaskInfo(self._task_ids(), creator)
+        self.tasks_seen += 1
+        frame = getattr(coro, "cr_frame", None)
+        if frame is not None:
+            self._task_frames[frame] = info
+        return info
+
+    def task_bound(self, info: S.TaskInfo, task: Any, coro: Any) -> None:
+        """The factory returned `task` for `info`: remember it until the task is freed."""
+        frame = getattr(coro, "cr_frame", None)
+        key = id(task)
+        self._task_infos[key] = info
+        infos, frames = self._task_infos, self._task_frames
+
+        def forget(_: object) -> None:
+            infos.pop(key, None)
+            if frame is not None:
+                frames.pop(frame, None)
+
+        try:
+            info.ref = weakref.ref(task, forget)
+        except TypeError:  # a task class without weakref support: keep the entry
+            info.ref = None
+
+    def _current_task_info(self) -> S.TaskInfo | None:
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            return None
+        seen = self._loops_seen.get(id(loop))
+        if (seen is None or seen() is not loop) and self.on_new_loop is not None:
+            self._loops_seen[id(loop)] = weakref.ref(loop)
+            self.on_new_loop(loop)  # a loop that started after us: put our factory on it
+        task = asyncio.current_task(loop)
+        return self.info_for(task) if task is not None else None
+
+    def info_for(self, task: Any) -> S.TaskInfo:
+        """The TaskInfo of a task the factory did not see (created before we started)."""
+        info = self._task_infos.get(id(task))
+        if info is None or info.ref is None or info.ref() is not task:
+            info = S.TaskInfo(self._task_ids(), None)
+            self.tasks_seen += 1
+            self.task_bound(info, task, task.get_coro())
+        return info
+
+    def adopt_chain(self, task: Any, coros: list[Any]) -> int:
+        """Track a suspended task's traced coroutines (outermost first); returns spans made."""
+        info: S.TaskInfo | None = self.info_for(task)
+        parent: S.Span | None = None
+        made = 0
+        for coro in coros:
+            frame = getattr(coro, "cr_frame", None)
+            if frame is None or frame in self.open:
+                parent = self.open.get(frame) if frame is not None else parent
+                continue
+            code_id = self.consider(frame.f_code, frame.f_globals.get("__name__", "?"))
+            if code_id is None:
+                continue
+            where = (parent, None, True) if parent is not None else (None, info, False)
+            span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at, where)
+            if span is None:
+                break
+            span[S.RESUMED] = 0  # suspended right now
+            parent, made = span, made + 1
+        return made
+
+    def find_open_span(self, frame: FrameType | None) -> S.Span | None:
+        """The innermost traced span among `frame` and its callers (for a task's creator)."""
+        for _ in range(_MAX_WALK):
+            if frame is None:
+                return None
+            span = self.open.get(frame)
+            if span is not None:
+                return span
+            frame = frame.f_back
+        return None
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def in_flight(self, now: int) -> list[tuple[Any, ...]]:
+        """Wire tuples of every open span, ended `now` and marked running or blocked."""
+        records = []
+        for span in list(self.open.values()):
+            if not span[S.SAMPLED]:
+                continue
+            copy = list(span)
+            copy[S.END] = now
+            resumed = copy[S.RESUMED]
+            if resumed:
+                copy[S.BUSY] += now - resumed
+            copy[S.STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
+            copy[S.FLAGS] |= wire.FLAG_IN_FLIGHT
+            copy[S.EVENTS] = list(span[S.EVENTS] or ())
+            info = copy[S.TASK_INFO]
+            if info is not None:
+                copy[S.TASK_NAME] = info.name()
+                copy[S.PARENT_TASK] = info.creator_task
+            records.append(S.to_wire(copy))
+        return records
+
+    def clear(self) -> None:
+        """Forget every span and task (after a final flush, or in a forked child)."""
+        self.open.clear()
+        self.finished.clear()
+        self._task_frames.clear()
+        self._task_infos.clear()
+        self._wake_times.clear()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def fault(self, exc: Exception) -> None:
+        # Never raise into the application: count, remember the last one, carry on.
+        self.internal_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _describe_error(self, exc: BaseException) -> tuple[str, str, str]:
+        kind = type(exc)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        try:
+            message = str(exc)[:1024]
+        except Exception:
+            message = "<unprintable>"
+        if isinstance(exc, _CANCELLED):
+            return name, message, ""
+        # lookup_lines=False: reading source files here would be I/O on the app's thread.
+        frames = traceback.StackSummary.extract(
+            traceback.walk_tb(exc.__traceback__),
+            limit=self.settings.stack_limit,
+            lookup_lines=False,
+        )
+        stack = "".join(frames.format())
+        return name, message, f"Traceback (most recent call last):\n{stack}{name}: {message}"
+
+
+_STATE_EVENTS = {
+    wire.STATE_COMPLETED: wire.EVENT_COMPLETED,
+    wire.STATE_FAILED: wire.EVENT_FAILED,
+    wire.STATE_CANCELLED: wire.EVENT_CANCELLED,
+}
+
+
+def _describe_awaited(value: object) -> str:
+    """What a suspended coroutine waits for, as short as possible."""
+    if value is None:
+        return "yield"  # a bare yield: asyncio.sleep(0) or a custom awaitable
+    if isinstance(value, asyncio.Task):
+        return "task " + value.get_name()
+    return type(value).__qualname__

@@ -1,0 +1,1 @@
+"""Example asyncio programs that async-inspect observes (run as separate processes)."""

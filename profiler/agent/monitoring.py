@@ -78,9 +78,14 @@ class Installation:
         for event in (_E.PY_START, _E.PY_RESUME, _E.PY_THROW, _E.PY_YIELD, _E.PY_RETURN,
                       _E.PY_UNWIND):  # fmt: skip
             _mon.register_callback(self.tool, event, None)
-        clear = getattr(_mon, "clear_tool_id", None)  # 3.13+: also forgets DISABLE marks
+        clear = getattr(_mon, "clear_tool_id", None)  # 3.13+
         if clear is not None:
             clear(self.tool)
+        # The DISABLE marks our callbacks returned outlive free_tool_id (and clear_tool_id):
+        # the next owner of this id (cProfile uses PROFILER_ID) would silently miss those
+        # calls. restart_events is the only way to lift them; tools still running just
+        # see each location once more and disable it again.
+        _mon.restart_events()
         _mon.free_tool_id(self.tool)
 
 

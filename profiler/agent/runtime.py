@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import selectors
 import socket
 import sys
 import threading
@@ -90,8 +89,7 @@ class Agent:
         installation = Installation(tool, tracker)
         self.tracker, self._watcher, self._installation = tracker, watcher, installation
         installation.install()
-        for code in _selector_codes():
-            tracker.watch_wakeups(code)
+        tracker.watch_selector_wakeups()
         self._loops, self._adopted = adopt_existing(tracker, watcher)
         sender = Sender(tracker, self._channel, self.hello, self._stop_from_sender)
         self._sender = sender
@@ -195,17 +193,6 @@ def _program_name() -> str:
     if argv0 in ("", "-c", "-"):
         return os.path.basename(sys.executable) or "python"
     return os.path.basename(argv0).removesuffix(".py") or "python"
-
-
-def _selector_codes() -> list[Any]:
-    codes = []
-    for name in ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector",
-                 "KqueueSelector"):  # fmt: skip
-        cls = getattr(selectors, name, None)
-        code = getattr(getattr(cls, "select", None), "__code__", None)
-        if code is not None and code not in codes:
-            codes.append(code)
-    return codes
 
 
 def _forget_private_modules() -> None:

@@ -75,11 +75,6 @@ class LoopWatcher:
         loop.set_task_factory(factory)
         self._loops[id(loop)] = (weakref.ref(loop), factory, current)
 
-    def known(self, loop: Any) -> bool:
-        """True if our factory is installed on `loop` right now."""
-        entry = self._loops.get(id(loop))
-        return entry is not None and entry[0]() is loop
-
     def restore_all(self) -> None:
         """Give every loop back the factory it had (unless the app changed it since)."""
         for ref, factory, inner in self._loops.values():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import selectors
 import sys
 import threading
 import time
@@ -81,7 +82,6 @@ class Tracker:
         self._ratio = settings.sample_ratio
         self.started_at = _now()
         self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
-        self._loops_seen: dict[int, weakref.ref[Any]] = {}
 
     # -- decisions made once per code object -------------------------------------------
 
@@ -103,10 +103,19 @@ class Tracker:
         self.new_codes.append(entry)
         return code_id
 
-    def watch_wakeups(self, code: CodeType) -> None:
-        """Note the time a selector's select() returns: the loop woke up for its callbacks."""
-        self._wake_codes.add(code)
-        sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
+    def watch_selector_wakeups(self) -> None:
+        """Note when each selector's select() returns: the loop woke up to run callbacks.
+
+        That time is a task's `wake` event: between it and the task's `poll` the task was
+        ready but waited behind other callbacks (uvloop has no Python selector: no wake).
+        """
+        for name in ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector",
+                     "KqueueSelector"):  # fmt: skip
+            select = getattr(getattr(selectors, name, None), "select", None)
+            code = getattr(select, "__code__", None)
+            if code is not None and code not in self._wake_codes:
+                self._wake_codes.add(code)
+                sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
 
     def all_codes(self) -> list[tuple[int, str, str, int, str]]:
         """Every code entry so far (sent again in full after a reconnect)."""
@@ -261,7 +270,9 @@ class Tracker:
             if not back.f_code.co_flags & _CHAIN_FLAGS:
                 break  # left the await chain (the event loop called the task's step)
             back = back.f_back
-        return None, self._current_task_info(), False
+        # A task our factory did not see. If it started eagerly, its creator is still on
+        # the stack below (create_task -> factory -> first step); else this finds nothing.
+        return self.find_open_span(back), self._current_task_info(), False
 
     def _adopt(self, code: CodeType, frame: FrameType) -> None:
         """A traced coroutine resumed that started before we watched it: track it from now."""
@@ -343,10 +354,8 @@ class Tracker:
         loop = asyncio.events._get_running_loop()
         if loop is None:
             return None
-        seen = self._loops_seen.get(id(loop))
-        if (seen is None or seen() is not loop) and self.on_new_loop is not None:
-            self._loops_seen[id(loop)] = weakref.ref(loop)
-            self.on_new_loop(loop)  # a loop that started after us: put our factory on it
+        if self.on_new_loop is not None:
+            self.on_new_loop(loop)  # a new loop, or the app replaced our factory: (re)wrap
         task = asyncio.current_task(loop)
         return self.info_for(task) if task is not None else None
 

@@ -28,9 +28,11 @@ def _async_inspect_boot():
 
 
 def _async_inspect_chain():
+    import importlib
+
     ours = sys.modules.pop("sitecustomize")
     try:
-        import sitecustomize  # noqa: F401  (the next one on sys.path, ours is gone from it)
+        importlib.import_module("sitecustomize")  # the next one: ours is gone from sys.path
     except ImportError as exc:
         # None to chain to: the import system expects to find us registered.
         sys.modules["sitecustomize"] = ours

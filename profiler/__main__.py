@@ -1,0 +1,5 @@
+"""`python -m profiler` is `async-inspect`."""
+
+from profiler.cli import main
+
+main()

@@ -1,0 +1,236 @@
+"""The task tracker's span logic, in-process with real sys.monitoring (no socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from profiler import wire
+from profiler.agent import spans as S
+from profiler.agent.codefilter import CodeFilter
+from profiler.agent.monitoring import Installation, NoFreeToolId, claim_tool_id
+from profiler.agent.settings import AgentSettings
+from profiler.agent.tasks import LoopWatcher
+from profiler.agent.tracker import Tracker
+
+
+class Traced:
+    """Finished spans of one traced run, by name."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        names = {entry[0]: entry[1] for entry in tracker.all_codes()}
+        self.spans = [S.to_wire(span) for span in tracker.finished]
+        self.name = {s[wire.SPAN_ID]: names[s[wire.SPAN_CODE]] for s in self.spans}
+
+    def named(self, qualname_end: str) -> list[tuple[Any, ...]]:
+        return [s for s in self.spans if self.name[s[wire.SPAN_ID]].endswith(qualname_end)]
+
+    def one(self, qualname_end: str) -> tuple[Any, ...]:
+        (found,) = self.named(qualname_end)
+        return found
+
+    def parent_name(self, span: tuple[Any, ...]) -> str | None:
+        return self.name.get(span[wire.SPAN_PARENT])
+
+    def events(self, span: tuple[Any, ...]) -> list[str]:
+        flat = span[wire.SPAN_EVENTS]
+        return [wire.EVENT_NAMES[flat[i]] for i in range(0, len(flat), 3)]
+
+
+def trace(main: Callable[[], Coroutine[Any, Any, Any]], **settings: Any) -> Traced:
+    agent_settings = AgentSettings(**settings)
+    tool = claim_tool_id("async-inspect-test")
+    tracker = Tracker(agent_settings, CodeFilter(agent_settings), tool)
+    watcher = LoopWatcher(tracker)
+    tracker.on_new_loop = watcher.ensure
+    installation = Installation(tool, tracker)
+    installation.install()
+    tracker.watch_selector_wakeups()
+    try:
+        asyncio.run(main())
+    finally:
+        installation.remove()
+        watcher.restore_all()
+    assert tracker.internal_errors == 0, tracker.last_error
+    return Traced(tracker)
+
+
+@pytest.fixture(autouse=True)
+def tool_ids_are_freed() -> Iterator[None]:
+    yield
+    assert sys.monitoring.get_tool(sys.monitoring.PROFILER_ID) is None
+
+
+async def leaf() -> int:
+    await asyncio.sleep(0.001)
+    return 1
+
+
+async def middle() -> int:
+    return await leaf()
+
+
+def test_awaited_coroutines_are_child_spans_and_tasks_children_of_their_creator() -> None:
+    async def main() -> None:
+        await middle()
+        await asyncio.create_task(middle(), name="spawned")
+
+    traced = trace(main)
+    first, second = sorted(traced.named("middle"), key=lambda s: s[wire.SPAN_START])
+    main_span = traced.one("main")
+    assert traced.parent_name(first) == traced.parent_name(second)
+    assert traced.name[main_span[wire.SPAN_ID]].endswith("<locals>.main")
+    assert first[wire.SPAN_PARENT] == second[wire.SPAN_PARENT] == main_span[wire.SPAN_ID]
+    assert first[wire.SPAN_TASK] == main_span[wire.SPAN_TASK]
+    assert second[wire.SPAN_TASK] != main_span[wire.SPAN_TASK]
+    assert second[wire.SPAN_FLAGS] & wire.FLAG_TASK_ROOT
+    assert second[wire.SPAN_TASK_NAME] == "spawned"
+    assert second[wire.SPAN_PARENT_TASK] == main_span[wire.SPAN_TASK]
+    for leaf_span in traced.named("leaf"):
+        assert traced.parent_name(leaf_span) == "middle"
+        assert traced.events(leaf_span) == ["poll", "blocked", "wake", "poll", "completed"]
+    assert {s[wire.SPAN_TRACE] for s in traced.spans} == {main_span[wire.SPAN_ID]}
+
+
+def test_eager_task_factory_stays_eager_and_keeps_the_parent() -> None:
+    started_eagerly: list[bool] = []
+
+    async def child() -> None:
+        started_eagerly.append(True)
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        task = asyncio.create_task(child())
+        assert started_eagerly == [True]  # it ran inside create_task: still eager
+        await task
+
+    traced = trace(main)
+    assert traced.parent_name(traced.one("child")).endswith("main")
+
+
+def test_failed_and_cancelled_spans() -> None:
+    async def boom() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("missing")
+
+    async def forever() -> None:
+        await asyncio.sleep(100)
+
+    async def main() -> None:
+        with pytest.raises(KeyError):
+            await boom()
+        task = asyncio.create_task(forever())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    traced = trace(main)
+    failed = traced.one("boom")
+    assert failed[wire.SPAN_STATE] == wire.STATE_FAILED
+    kind, message, stack = failed[wire.SPAN_ERROR]
+    assert (kind, message) == ("KeyError", "'missing'")
+    assert "in boom" in stack and stack.endswith("KeyError: 'missing'")
+    assert traced.events(failed)[-1] == "failed"
+    cancelled = traced.one("forever")
+    assert cancelled[wire.SPAN_STATE] == wire.STATE_CANCELLED
+    assert traced.events(cancelled)[-1] == "cancelled"
+
+
+def test_children_of_a_long_lived_span_start_linked_traces() -> None:
+    async def main() -> None:
+        await leaf()
+        await asyncio.sleep(0.05)
+        await leaf()  # main is now older than split_after
+
+    traced = trace(main, split_after=0.02)
+    main_span = traced.one("main")
+    early, late = sorted(traced.named("leaf"), key=lambda s: s[wire.SPAN_START])
+    assert early[wire.SPAN_TRACE] == main_span[wire.SPAN_TRACE]
+    assert late[wire.SPAN_PARENT] == 0 and late[wire.SPAN_TRACE] == late[wire.SPAN_ID]
+    assert late[wire.SPAN_LINK] == (main_span[wire.SPAN_TRACE], main_span[wire.SPAN_ID])
+
+
+def test_event_cap_counts_what_it_drops_but_keeps_the_outcome() -> None:
+    async def chatty() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await chatty()
+
+    traced = trace(main, max_events=10)
+    span = traced.one("chatty")
+    names = traced.events(span)
+    assert len(names) == 11 and names[-1] == "completed"
+    # 1 first poll + per sleep(0): blocked, wake (the loop's select returned), poll
+    assert span[wire.SPAN_EVENTS_DROPPED] + 10 == 1 + 3 * 50
+    assert span[wire.SPAN_POLLS] == 51
+
+
+def test_bounded_memory_counts_drops() -> None:
+    async def main() -> None:
+        for _ in range(30):
+            await leaf()
+
+    traced = trace(main, buffer_size=10)
+    assert len(traced.spans) == 10
+    assert traced.tracker.dropped["buffer_full"] == 21  # 30 leaves + main - 10 kept
+
+
+def test_library_code_is_not_traced_unless_included() -> None:
+    async def main() -> None:
+        await asyncio.wait_for(leaf(), 1)
+
+    default = trace(main)
+    assert not any("wait_for" in name for name in default.name.values())
+    assert default.parent_name(default.one("leaf")).endswith("main")  # through wait_for
+    included = trace(main, include=("asyncio.*",))
+    assert any(name == "wait_for" for name in included.name.values())
+
+
+def test_excluded_code_is_not_traced() -> None:
+    async def main() -> None:
+        await middle()
+
+    traced = trace(main, exclude=("*:middle",))
+    assert traced.named("middle") == []
+    assert traced.parent_name(traced.one("leaf")).endswith("main")
+
+
+def test_no_free_tool_id_is_reported_and_others_are_untouched() -> None:
+    taken = []
+    for tool in (2, 3, 4, 5):
+        if sys.monitoring.get_tool(tool) is None:
+            sys.monitoring.use_tool_id(tool, f"other-{tool}")
+            taken.append(tool)
+    try:
+        with pytest.raises(NoFreeToolId, match="2=other-2"):
+            claim_tool_id("async-inspect")
+        assert [sys.monitoring.get_tool(t) for t in taken] == [f"other-{t}" for t in taken]
+    finally:
+        for tool in taken:
+            sys.monitoring.free_tool_id(tool)
+
+
+def test_a_broken_callback_never_raises_into_the_app() -> None:
+    async def main() -> int:
+        return await middle()
+
+    agent_settings = AgentSettings()
+    tool = claim_tool_id("async-inspect-test")
+    tracker = Tracker(agent_settings, CodeFilter(agent_settings), tool)
+    tracker.open = None  # type: ignore[assignment]  # every callback now fails inside
+    installation = Installation(tool, tracker)
+    installation.install()
+    try:
+        assert asyncio.run(main()) == 1
+    finally:
+        installation.remove()
+    assert tracker.internal_errors > 0 and "NoneType" in tracker.last_error

@@ -38,6 +38,25 @@ from .. import wire
 from . import spans as S
 from .codefilter import CodeFilter
 from .settings import AgentSettings
+from .spans import (
+    BLOCKED_AT,
+    BUSY,
+    CHILD,
+    END,
+    EVENTS,
+    EVENTS_DROPPED,
+    ID,
+    PARENT,
+    POLLS,
+    RESUMED,
+    SAMPLED,
+    START,
+    STATE,
+    TASK,
+    TASK_INFO,
+    THREAD,
+    TRACE,
+)  # fmt: skip
 
 __all__ = ["Tracker"]
 
@@ -50,6 +69,11 @@ _DISABLE = sys.monitoring.DISABLE
 _CHAIN_FLAGS = 0x0020 | 0x0080 | 0x0100 | 0x0200
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
 _MAX_WALK = 64
+_POLL = wire.EVENT_POLL
+_WAKE = wire.EVENT_WAKE
+_BLOCKED = wire.EVENT_BLOCKED
+_RUNNING = wire.STATE_RUNNING
+_COMPLETED = wire.STATE_COMPLETED
 
 
 class Tracker:
@@ -135,7 +159,28 @@ class Tracker:
                 code_id = self.consider(code, frame.f_globals.get("__name__", "?"))
                 if code_id is None:
                     return _DISABLE
-            self._open(frame, code_id, 0, _now())
+            t = _now()
+            open_spans = self.open
+            back = frame.f_back
+            parent = open_spans.get(back) if back is not None else None
+            if (
+                parent is None
+                or t - parent[START] > self._split_ns
+                or len(open_spans) >= self._max_open
+                or frame in self._task_frames
+            ):
+                self._open(frame, code_id, 0, t)
+                return None
+            # The common case, inlined: awaited directly by a traced coroutine of this task.
+            sampled = parent[SAMPLED]
+            span = [
+                self._span_ids(), parent[ID], parent[TRACE], parent[TASK], code_id,
+                parent[THREAD], t, 0, _RUNNING, 1, 0, [_POLL, t, None] if sampled else None,
+                0, None, None, 0, None, None, 0,
+                t, parent, None, sampled, None, 0,
+            ]  # fmt: skip
+            parent[CHILD] = span
+            open_spans[frame] = span
         except Exception as exc:
             self.fault(exc)
         return None
@@ -148,9 +193,9 @@ class Tracker:
                 self._adopt(code, frame)
                 return
             t = _now()
-            span[S.RESUMED] = t
-            span[S.POLLS] += 1
-            if span[S.SAMPLED] and span[S.CHILD] is None:
+            span[RESUMED] = t
+            span[POLLS] += 1
+            if span[SAMPLED] and span[CHILD] is None:
                 self._record_poll(span, t, None)
         except Exception as exc:
             self.fault(exc)
@@ -176,13 +221,17 @@ class Tracker:
             if span is None:
                 return
             t = _now()
-            resumed = span[S.RESUMED]
+            resumed = span[RESUMED]
             if resumed:
-                span[S.BUSY] += t - resumed
-                span[S.RESUMED] = 0
-            if span[S.SAMPLED] and span[S.CHILD] is None:
-                span[S.BLOCKED_AT] = t
-                self._event(span, wire.EVENT_BLOCKED, t, _describe_awaited(value))
+                span[BUSY] += t - resumed
+                span[RESUMED] = 0
+            if span[SAMPLED] and span[CHILD] is None:
+                span[BLOCKED_AT] = t
+                events = span[EVENTS]
+                if len(events) < self._max_event_items:
+                    events += (_BLOCKED, t, _describe_awaited(value))
+                else:
+                    span[EVENTS_DROPPED] += 1
         except Exception as exc:
             self.fault(exc)
 
@@ -190,7 +239,7 @@ class Tracker:
         try:
             span = self.open.pop(_getframe(1), None)
             if span is not None:
-                self._finish(span, wire.STATE_COMPLETED, _now(), None)
+                self._finish(span, _COMPLETED, _now(), None)
             elif code in self._wake_codes:
                 self._wake_times[_thread_ident()] = _now()
         except Exception as exc:
@@ -284,22 +333,21 @@ class Tracker:
             span[S.RESUMED] = _now()
 
     def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
-        span[S.END] = t
-        resumed = span[S.RESUMED]
+        span[END] = t
+        resumed = span[RESUMED]
         if resumed:
-            span[S.BUSY] += t - resumed
-            span[S.RESUMED] = 0
-        span[S.STATE] = state
-        parent = span[S.PARENT]
-        if parent is not None and parent[S.CHILD] is span:
-            parent[S.CHILD] = None
-        if not span[S.SAMPLED]:
+            span[BUSY] += t - resumed
+            span[RESUMED] = 0
+        span[STATE] = state
+        parent = span[PARENT]
+        if parent is not None and parent[CHILD] is span:
+            parent[CHILD] = None
+        if not span[SAMPLED]:
             return
-        kind = _STATE_EVENTS[state]
-        span[S.EVENTS] += (kind, t, None)  # the outcome is kept even past the event cap
+        span[EVENTS] += (_STATE_EVENTS[state], t, None)  # the outcome, even past the cap
         if exc is not None:
             span[S.ERROR] = self._describe_error(exc)
-        info = span[S.TASK_INFO]
+        info = span[TASK_INFO]
         if info is not None:
             span[S.TASK_NAME] = info.name()
             span[S.PARENT_TASK] = info.creator_task
@@ -308,18 +356,22 @@ class Tracker:
         else:
             self._drop("buffer_full")
 
-    def _event(self, span: S.Span, kind: int, t: int, detail: str | None) -> None:
-        events = span[S.EVENTS]
-        if len(events) < self._max_event_items:
-            events += (kind, t, detail)
-        else:
-            span[S.EVENTS_DROPPED] += 1
-
     def _record_poll(self, span: S.Span, t: int, detail: str | None) -> None:
+        events = span[EVENTS]
+        room = self._max_event_items - len(events)
         woke = self._wake_times.get(_thread_ident(), 0)
-        if woke > span[S.BLOCKED_AT]:
-            self._event(span, wire.EVENT_WAKE, woke, None)
-        self._event(span, wire.EVENT_POLL, t, detail)
+        if woke > span[BLOCKED_AT]:
+            if room >= 6:
+                events += (_WAKE, woke, None, _POLL, t, detail)
+            elif room >= 3:
+                events += (_WAKE, woke, None)
+                span[EVENTS_DROPPED] += 1
+            else:
+                span[EVENTS_DROPPED] += 2
+        elif room >= 3:
+            events += (_POLL, t, detail)
+        else:
+            span[EVENTS_DROPPED] += 1
 
     # -- tasks --------------------------------------------------------------------------
 

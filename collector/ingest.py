@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,13 @@ class SessionHub:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def connection_for(self, pid: int) -> AgentConnection | None:
+        """The live connection of the agent in process `pid`, if any."""
+        for connection in self.connections:
+            if connection.pid == pid and connection.session is not None:
+                return connection
+        return None
+
     def token_ok(self, token: object) -> bool:
         """True if a peer presented this collector's token."""
         return isinstance(token, str) and hmac.compare_digest(token, self.token)
@@ -99,6 +108,15 @@ class SessionHub:
         session.spans_received += len(records)
 
 
+def _peer_pid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):
+        return 0
+    return int(pid)
+
+
 class AgentConnection:
     """The frames of one agent connection, in order."""
 
@@ -109,7 +127,10 @@ class AgentConnection:
         self.reader = reader
         self.writer = writer
         self.session: ProcessSession | None = None
-        self.pid = 0
+        # The kernel's word for who is on the other end, as a PID of *our* namespace; what
+        # the agent says of itself is its own view (1 inside a container's PID namespace).
+        self.peer_pid = _peer_pid(writer)
+        self.pid = self.peer_pid
         self._said_bye = False
         self._decoder = wire.FrameDecoder(wire.AGENT_KINDS)
 
@@ -142,7 +163,7 @@ class AgentConnection:
     def _on_frame(self, kind: int, body: Any) -> None:
         hub = self.hub
         if kind == wire.BOOT:
-            self.pid = int(body.get("pid", 0))
+            self.pid = self.peer_pid or int(body.get("pid", 0))
             if not hub.token_ok(body.get("token")):
                 self.send(wire.STOP, {"reason": "bad token"})
                 raise wire.WireError("a process presented a wrong session token")
@@ -151,7 +172,7 @@ class AgentConnection:
         elif kind == wire.HELLO:
             if not hub.token_ok(body.get("token")):
                 raise wire.WireError("an agent presented a wrong session token")
-            self.session = ProcessSession(body, hub.resource)
+            self.session = ProcessSession(body, hub.resource, self.peer_pid)
             self.pid = self.session.pid
             hub.sessions[self.pid] = self.session
             verb = "reconnected" if body.get("reconnect") else "started"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from profiler.agent.settings import AgentSettings
+from profiler.attach.rendezvous import Rendezvous
 from profiler.errors import ExportError
 
 from .ingest import Notice, SessionHub
@@ -25,7 +26,9 @@ from .settings import Settings
 from .sinks import ProcessorSink, SpanSink
 from .tree import TreePrinter
 
-__all__ = ["LocalCollector", "Summary", "agent_settings_from"]
+__all__ = ["SOCKET_NAME", "LocalCollector", "Summary", "agent_settings_from"]
+
+SOCKET_NAME = "agent.sock"
 
 
 def agent_settings_from(settings: Settings, **overrides: object) -> AgentSettings:
@@ -77,17 +80,28 @@ class LocalCollector:
         )
         self._notify = notify
         self._directory: str | None = None
+        self._rendezvous: Rendezvous | None = None
         self._server: asyncio.AbstractServer | None = None
         self.processes_seen: set[int] = set()
         self.address = ""
 
-    async def start(self, directory: str | None = None) -> str:
-        """Listen on `<private dir>/agent.sock` (dir 0700, socket 0600); return its path."""
-        self._directory = tempfile.mkdtemp(prefix="async-inspect-", dir=directory)
-        os.chmod(self._directory, 0o700)
-        self.address = os.path.join(self._directory, "agent.sock")
-        self._server = await asyncio.start_unix_server(self.hub.handle, path=self.address)
-        os.chmod(self.address, 0o600)
+    async def start(self, rendezvous: Rendezvous | None = None) -> str:
+        """Listen on `agent.sock` in a private folder (0700, socket 0600): a temporary one, or
+        `rendezvous` (a folder in an attached target's file system, owned by its user).
+        Returns the socket's path as the agent sees it."""
+        if rendezvous is None:
+            self._directory = tempfile.mkdtemp(prefix="async-inspect-")
+            os.chmod(self._directory, 0o700)
+            host_path = self.address = os.path.join(self._directory, "agent.sock")
+        else:
+            self._rendezvous = rendezvous
+            host_path = rendezvous.host_path(SOCKET_NAME)
+            self.address = rendezvous.target_path(SOCKET_NAME)
+        self._server = await asyncio.start_unix_server(self.hub.handle, path=host_path)
+        if rendezvous is None:
+            os.chmod(host_path, 0o600)
+        else:
+            rendezvous.hand_over(SOCKET_NAME)
         return self.address
 
     async def finish(self, wait_for_agents: float) -> Summary:
@@ -100,6 +114,8 @@ class LocalCollector:
         flushed = await asyncio.to_thread(self._shutdown_sinks)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
+        if self._rendezvous is not None:
+            self._rendezvous.remove()
         return Summary(
             self.hub.spans_exported, len(self.processes_seen), self.hub.malformed_spans, flushed
         )

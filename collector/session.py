@@ -61,9 +61,10 @@ def parse_resource_attributes(text: str) -> dict[str, str]:
 class ProcessSession:
     """State for one agent connection; `span_id`/`trace_id` map the agent's local ids."""
 
-    def __init__(self, hello: dict[str, Any], settings: ResourceSettings) -> None:
+    def __init__(self, hello: dict[str, Any], settings: ResourceSettings, peer_pid: int = 0) -> None:
         self.hello = hello
-        self.pid = int(hello.get("pid", 0))
+        self.own_pid = int(hello.get("pid", 0))  # as the process sees itself
+        self.pid = peer_pid or self.own_pid  # as this host sees it
         self.codes: dict[int, CodeInfo] = {}
         self.stats: dict[str, Any] = {}
         self.dropped_reported: dict[str, int] = {}
@@ -129,4 +130,6 @@ class ProcessSession:
         )
         if settings.service_version:
             attributes["service.version"] = settings.service_version
+        if self.own_pid != self.pid:  # in another PID namespace (a container)
+            attributes["process.pid.in_namespace"] = self.own_pid
         return Resource(attributes)

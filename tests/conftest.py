@@ -73,10 +73,15 @@ def no_leftover_processes() -> Iterator[None]:
     """Every test must leave no child process behind."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    leftovers = [
-        p for p in psutil.Process().children(recursive=True)
-        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]  # fmt: skip
+    leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    leftovers = [p for p in leftovers if _running(p)]
     for process in leftovers:
         process.kill()
     assert not leftovers, f"test left processes running: {[p.cmdline() for p in leftovers]}"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -41,10 +41,24 @@ def boot(address: str, token: str, mode: str, timeout: float = 5.0) -> bool:
 
 
 def boot_in_thread(address: str, token: str, mode: str, timeout: float = 5.0) -> None:
-    """Run `boot` on a new daemon thread, so an injected call returns at once."""
-    thread = threading.Thread(
-        target=boot, args=(address, token, mode, timeout), name="async-inspect-bootstrap"
-    )
+    """Run `boot` on a new daemon thread, so an injected call returns at once.
+
+    An attach may ask several threads to run this (whichever runs Python first wins), so
+    only the first caller for a token starts a thread: `setdefault` on sys.modules is
+    atomic, and the marker is removed once the boot is over.
+    """
+    marker = object()
+    key = PACKAGE + ".booting." + token
+    if sys.modules.setdefault(key, marker) is not marker:  # type: ignore[arg-type]
+        return
+
+    def run() -> None:
+        try:
+            boot(address, token, mode, timeout)
+        finally:
+            sys.modules.pop(key, None)
+
+    thread = threading.Thread(target=run, name="async-inspect-bootstrap")
     thread.daemon = True
     thread.start()
 
@@ -52,6 +66,10 @@ def boot_in_thread(address: str, token: str, mode: str, timeout: float = 5.0) ->
 def _boot(address: str, token: str, mode: str, timeout: float) -> bool:
     if sys.version_info < (3, 12):
         return False
+    agent_module = sys.modules.get(PACKAGE + ".agent")
+    current = agent_module.active() if agent_module is not None else None
+    if current is not None and current.token == token:
+        return False  # this very session is already running here: a late duplicate request
     sock = _connect(address, timeout)
     try:
         _send(sock, BOOT, _facts(token, mode))
@@ -64,7 +82,7 @@ def _boot(address: str, token: str, mode: str, timeout: float) -> bool:
             sock.close()
             return False
         package = _load(body["modules"])
-        started = package.start(sock, body["settings"], token, mode)
+        started = package.start(sock, address, body["settings"], token, mode)
         return started is not None
     except BaseException:
         sock.close()

@@ -33,15 +33,15 @@ def active() -> Agent | None:
     return _active
 
 
-def start(sock: socket.socket, settings: dict[str, Any], token: str, mode: str) -> Agent | None:
-    """Start observing this process, reporting over `sock` (which the agent now owns).
-
-    Returns None (after telling the collector why over the socket) if the agent cannot run.
+def start(
+    sock: socket.socket, address: str, settings: dict[str, Any], token: str, mode: str
+) -> Agent | None:
+    """Start observing this process, reporting over `sock` (connected to `address`, which
+    the agent now owns). Returns None (after telling the collector why) if it cannot run.
     """
     global _active
-    address = sock.getpeername()
-    if isinstance(address, bytes):  # abstract socket names come back as bytes
-        address = "@" + address[1:].decode()
+    # `address` as we reached it: getpeername() would give the path the collector bound,
+    # which is not ours to use from inside a container.
     channel = Channel(sock, address)
     agent = Agent(channel, AgentSettings.from_wire(settings), token, mode)
     with _active_lock:
@@ -68,6 +68,7 @@ class Agent:
         self._loops = 0
         self._adopted = 0
         self._pid = os.getpid()
+        self._since = time.strftime("%H:%M:%S")
 
     @property
     def connected(self) -> bool:
@@ -153,7 +154,7 @@ class Agent:
 
     def describe(self) -> str:
         """One line naming this agent's session, for 'already attached' messages."""
-        return f"agent {AGENT_VERSION} ({self.mode}) reporting to {self._channel.address}"
+        return f"agent {AGENT_VERSION}, {self.mode} session since {self._since}"
 
     def _stop_from_sender(self, reason: str) -> None:
         self.stop(reason)

@@ -68,6 +68,8 @@ class Sender:
     def _run(self) -> None:
         next_ship = time.monotonic() + self._interval
         next_connect = 0.0
+        orphan_timeout = self.tracker.settings.orphan_timeout
+        lost_at: float | None = None
         while not self._stop.wait(TICK):
             try:
                 for kind, body in self.channel.receive():
@@ -75,9 +77,16 @@ class Sender:
                         self._on_stop_request(str(body.get("reason", "detach")))
                         return
                 now = time.monotonic()
-                if self.channel.broken and now >= next_connect:
-                    next_connect = now + RECONNECT_EVERY
-                    self._reconnect()
+                if self.channel.broken:
+                    lost_at = now if lost_at is None else lost_at
+                    if orphan_timeout and now - lost_at > orphan_timeout:
+                        self._on_stop_request("collector gone")
+                        return
+                    if now >= next_connect:
+                        next_connect = now + RECONNECT_EVERY
+                        self._reconnect()
+                else:
+                    lost_at = None
                 if now >= next_ship or len(self.tracker.finished) >= self._high_water:
                     next_ship = now + self._interval
                     self.ship(with_stats=True)

@@ -36,6 +36,9 @@ class AgentSettings:
     """Trace standard library and site-packages coroutines too."""
     stack_limit: int = 32
     """Frames kept in `exception.stacktrace`."""
+    orphan_timeout: float = 0.0
+    """Detach by itself after the collector has been unreachable this long (0: never).
+    An attach session's socket dies with its CLI; a node daemon comes back on restart."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Settings this agent version does not know (sent by a newer collector)."""
 

@@ -330,7 +330,9 @@ class Tracker:
             return
         span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at)
         if span is not None:
-            span[S.RESUMED] = _now()
+            now = span[RESUMED] = _now()
+            if span[EVENTS] is not None:
+                span[EVENTS] = [_POLL, now, None]  # its first poll seen, not a start
 
     def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
         span[END] = t
@@ -437,7 +439,9 @@ class Tracker:
             span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at, where)
             if span is None:
                 break
-            span[S.RESUMED] = 0  # suspended right now
+            span[RESUMED] = 0  # suspended right now: no poll seen yet
+            if span[EVENTS] is not None:
+                span[EVENTS] = []
             parent, made = span, made + 1
         return made
 

@@ -8,7 +8,10 @@ import click
 
 from profiler.errors import AsyncInspectError
 
+from .attach import attach
 from .demo import demo
+from .detach import detach
+from .doctor import doctor
 from .run import run
 
 __all__ = ["cli", "main"]
@@ -20,8 +23,8 @@ def cli() -> None:
     """Zero-code asyncio profiler: every task becomes an OpenTelemetry span."""
 
 
-cli.add_command(run)
-cli.add_command(demo)
+for command in (run, attach, detach, doctor, demo):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Overhead benchmarks of async-inspect (see README.md); run `python -m benchmarks.overhead`."""

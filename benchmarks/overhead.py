@@ -1,0 +1,250 @@
+"""Overhead of async-inspect on asyncio apps: throughput ratios to a plain-python baseline.
+
+    .venv/bin/python -m benchmarks.overhead [--quick] [--rounds N] [--json FILE]
+
+Every round runs each mode once per workload (baseline first), each as its own target
+process pinned to the target CPU; wrk, the async-inspect CLI and the OTLP receiver run on the
+other CPU. Ratios compare a mode with the baseline of the same round. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .modes import MODES, ModeContext
+from .procs import BenchError, Children, clean_environment
+from .receiver import Receiver
+from .runner import Sample, measure_once
+from .summary import BASELINE, ModeSummary, summarize
+from .table import render
+from .workloads import Chains, Http, Workload
+
+DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (~2 minutes)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
+    parser.add_argument("--workloads", default="W1,W2", help="comma-separated (W1,W2)")
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, baseline always runs (known: {', '.join(MODES)})",
+    )
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the targets")
+    parser.add_argument("--target-cpu", type=int, default=0, help="CPU of the target (0)")
+    parser.add_argument("--load-cpu", type=int, default=1, help="CPU of wrk and the harness (1)")
+    parser.add_argument(
+        "--collector-cpu",
+        type=int,
+        help="CPU of the async-inspect CLI and the OTLP receiver (default: the load CPU; "
+        "-1: not pinned)",
+    )
+    parser.add_argument("--w1-tasks", type=int, default=100)
+    parser.add_argument("--w1-warmup", type=float, help="seconds (default 1, --quick 0.5)")
+    parser.add_argument("--w1-duration", type=float, help="seconds (default 3, --quick 1.5)")
+    parser.add_argument("--w2-connections", type=int, default=50)
+    parser.add_argument("--w2-warmup", type=float, help="seconds (default 2, --quick 1)")
+    parser.add_argument("--w2-duration", type=float, help="seconds (default 5, --quick 2)")
+    parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+    return parser.parse_args(argv)
+
+
+def pick(value: float | None, quick: bool, quick_default: float, default: float) -> float:
+    """An explicit value, else the --quick or the normal default."""
+    if value is not None:
+        return value
+    return quick_default if quick else default
+
+
+def build_workloads(args: argparse.Namespace) -> list[Workload]:
+    wanted = [name.strip().upper() for name in args.workloads.split(",") if name.strip()]
+    workloads: dict[str, Workload] = {
+        "W1": Chains(
+            args.w1_tasks,
+            pick(args.w1_warmup, args.quick, 0.5, 1.0),
+            pick(args.w1_duration, args.quick, 1.5, 3.0),
+        ),
+        "W2": Http(
+            args.w2_connections,
+            pick(args.w2_warmup, args.quick, 1.0, 2.0),
+            pick(args.w2_duration, args.quick, 2.0, 5.0),
+            args.load_cpu,
+        ),
+    }
+    unknown = [name for name in wanted if name not in workloads]
+    if unknown:
+        raise SystemExit(f"unknown workload(s): {', '.join(unknown)} (known: W1, W2)")
+    return [workloads[name] for name in wanted]
+
+
+def build_modes(args: argparse.Namespace) -> list[str]:
+    wanted = [name.strip() for name in args.modes.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in MODES]
+    if unknown:
+        raise SystemExit(f"unknown mode(s): {', '.join(unknown)} (known: {', '.join(MODES)})")
+    return [BASELINE, *(name for name in wanted if name != BASELINE)]
+
+
+def collector_cpu(args: argparse.Namespace) -> int | None:
+    """Where the CLI and the receiver run: --collector-cpu, else the load CPU; -1: anywhere."""
+    if args.collector_cpu is None:
+        return int(args.load_cpu)
+    return None if args.collector_cpu < 0 else int(args.collector_cpu)
+
+
+def preflight(args: argparse.Namespace, workloads: list[Workload]) -> None:
+    """Refuse to start what cannot work: missing tools, CPUs we do not have."""
+    cpus = os.sched_getaffinity(0)
+    for cpu in (args.target_cpu, args.load_cpu, collector_cpu(args)):
+        if cpu is not None and cpu not in cpus:
+            raise SystemExit(f"CPU {cpu} is not available here (have {sorted(cpus)})")
+    if args.target_cpu == args.load_cpu:
+        print("warning: target and load share one CPU; ratios will be noisy", file=sys.stderr)
+    if shutil.which("taskset") is None:
+        raise SystemExit("taskset is missing: apt-get install -y util-linux")
+    if any(isinstance(w, Http) for w in workloads) and shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+
+
+def load_note() -> str:
+    """The machine's load averages: anything well above our own ~2 hints at noisy neighbours."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (this benchmark alone: 1-2)"
+
+
+def progress(sample: Sample, rounds: int) -> None:
+    """One line per measurement on stderr, so a long run shows it is alive."""
+    head = f"[round {sample.round}/{rounds} {sample.workload} {sample.mode:<12}]"
+    if not sample.ok:
+        print(f"{head} FAILED: {sample.error}", file=sys.stderr, flush=True)
+        return
+    metrics = "  ".join(f"{k}={v:,.2f}" for k, v in sample.metrics.items() if k != "errors")
+    spans = sample.received.spans if sample.received is not None else 0
+    cpu = sample.window.collector_cpu_s if sample.window is not None else None
+    cli = f"  CLI {cpu:.2f}s" if cpu is not None else ""
+    print(
+        f"{head} {metrics}  spans={spans:,}{cli}  ({sample.wall_s:.1f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    for warning in sample.warnings:
+        print(f"{head} warning: {warning}", file=sys.stderr, flush=True)
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    modes: list[str],
+    rounds: int,
+    children: Children,
+) -> list[Sample]:
+    """Interleaved A/B: every round runs each workload in every mode, baseline first."""
+    receiver = Receiver.start(children, collector_cpu(args))
+    print(f"OTLP receiver at {receiver.endpoint}", file=sys.stderr, flush=True)
+    samples: list[Sample] = []
+    for round_no in range(1, rounds + 1):
+        for workload in workloads:
+            for mode in modes:
+                ctx = ModeContext(
+                    python=args.python,
+                    endpoint=receiver.endpoint,
+                    service=f"bench-{workload.name}-{mode}-r{round_no}",
+                    target_cpu=args.target_cpu,
+                    collector_cpu=collector_cpu(args),
+                    load_cpu=args.load_cpu,
+                    children=children,
+                )
+                sample = measure_once(workload, MODES[mode], ctx, receiver, round_no)
+                progress(sample, rounds)
+                samples.append(sample)
+    return samples
+
+
+def report(
+    workloads: list[Workload], modes: list[str], samples: list[Sample], rounds: int
+) -> dict[str, list[ModeSummary]]:
+    """Print one table per workload; return the summaries."""
+    summaries = {}
+    for workload in workloads:
+        summaries[workload.name] = summarize(samples, workload.name, workload.metrics, modes)
+        print()
+        print(render(workload.title, rounds, summaries[workload.name], workload.metrics))
+    return summaries
+
+
+def write_json(
+    path: Path,
+    args: argparse.Namespace,
+    summaries: dict[str, list[ModeSummary]],
+    samples: list[Sample],
+) -> None:
+    config: dict[str, Any] = {
+        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+    }
+    document = {
+        "config": config,
+        "summary": {name: [asdict(s) for s in rows] for name, rows in summaries.items()},
+        "samples": [asdict(s) for s in samples],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workloads = build_workloads(args)
+    modes = build_modes(args)
+    rounds = args.rounds or (2 if args.quick else 5)
+    preflight(args, workloads)
+    # The harness only reads pipes, but keep it off the target's CPU all the same.
+    os.sched_setaffinity(0, {args.load_cpu})
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-bench-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    where = collector_cpu(args)
+    print(
+        f"{rounds} rounds x {len(workloads)} workloads x {len(modes)} modes; target on CPU "
+        f"{args.target_cpu}, wrk on CPU {args.load_cpu}, CLI and receiver on "
+        f"{'any CPU' if where is None else f'CPU {where}'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(f"before the run: {load_note()}", file=sys.stderr, flush=True)
+    try:
+        with Children(logs, clean_environment()).scope() as children:
+            samples = run_rounds(args, workloads, modes, rounds, children)
+    except BenchError as exc:
+        print(f"benchmark aborted: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.logs is None:
+            shutil.rmtree(logs, ignore_errors=True)
+    summaries = report(workloads, modes, samples, rounds)
+    print(f"\n{len(samples)} target runs in {time.monotonic() - started:.0f}s; {load_note()}")
+    if args.json:
+        write_json(args.json, args, summaries, samples)
+    failed = sum(not s.ok for s in samples)
+    if failed:
+        print(f"\n!! {failed} of {len(samples)} measurements FAILED (see above)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Child processes of the benchmark: started in their own session, read line by line, and
+always torn down (process group SIGTERM, then SIGKILL) whatever happens to the harness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+__all__ = ["BenchError", "Child", "Children", "clean_environment", "pinned"]
+
+STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a process group
+
+
+class BenchError(Exception):
+    """A measurement could not be taken (a process did not start, answer or stop)."""
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    """`argv` run on one CPU via taskset (the whole process, every thread, from exec on)."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without OTEL_* / ASYNC_INSPECT_* settings that would skew a mode."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "ASYNC_INSPECT_"))
+    }
+
+
+class Child:
+    """One started process: stdin/stdout pipes, stderr in a file, stdout lines in a queue."""
+
+    def __init__(self, name: str, argv: list[str], stderr_path: Path, env: Mapping[str, str]):
+        self.name = name
+        self.argv = argv
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as stderr:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=dict(env),
+                start_new_session=True,  # its own process group: we kill it whole
+                text=True,
+                bufsize=1,
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, name=f"stdout-{name}", daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        """The next stdout line starting with `prefix`; BenchError on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{self.name}: no {prefix!r} line within {timeout:.0f}s")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.popen.wait(timeout=STOP_GRACE)
+                raise BenchError(
+                    f"{self.name} exited ({self.popen.returncode}) before {prefix!r}; "
+                    f"stderr:\n{self.stderr_tail()}"
+                )
+            if line.startswith(prefix):
+                return line
+
+    def send(self, line: str) -> None:
+        """Write one line to its stdin (ignored if it has gone)."""
+        assert self.popen.stdin is not None
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.popen.stdin.write(line + "\n")
+            self.popen.stdin.flush()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process itself (not its group)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status; BenchError if it is still running after `timeout`."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{self.name} still running after {timeout:.0f}s") from None
+
+    def stop(self) -> None:
+        """SIGTERM its process group, SIGKILL it after a grace period; reap it."""
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, STOP_GRACE)):
+            if self.popen.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace)
+        # The group may outlive its leader (e.g. a target whose CLI parent died).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        """The last lines of its stderr, indented, for error messages."""
+        try:
+            text = self.stderr_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "    (no stderr)"
+        return "\n".join(f"    {line}" for line in text) or "    (empty stderr)"
+
+
+class Children:
+    """Every process the harness started; `stop_all()` ends each one it still has."""
+
+    def __init__(self, directory: Path, env: Mapping[str, str]) -> None:
+        self.directory = directory
+        self.env = env
+        self._children: list[Child] = []
+        self._serial = 0
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        """Start `argv` (stderr to `<dir>/<n>-<name>.stderr`) and keep it for teardown."""
+        self._serial += 1
+        stderr_path = self.directory / f"{self._serial:03d}-{name}.stderr"
+        try:
+            child = Child(name, argv, stderr_path, self.env)
+        except OSError as exc:
+            raise BenchError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        """Stop one child and forget it."""
+        child.stop()
+        with contextlib.suppress(ValueError):
+            self._children.remove(child)
+
+    def stop_all(self) -> None:
+        """Stop every child still known, newest first."""
+        while self._children:
+            self._children.pop().stop()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Children]:
+        """Stop every child on the way out, also on Ctrl-C or SIGTERM of the harness."""
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            yield self
+        finally:
+            # A second Ctrl-C must not cut the teardown short.
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.stop_all()
+            finally:
+                signal.signal(signal.SIGINT, previous_int)
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,139 @@
+"""From samples to per-mode figures: each mode's ratio to the baseline of the same round."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .runner import Sample
+from .workloads import Metric
+
+__all__ = ["ModeSummary", "Spread", "spread", "summarize"]
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median with min and max over the rounds."""
+
+    median: float
+    min: float
+    max: float
+    n: int
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    """The Spread of `values`, or None when there are none."""
+    if not values:
+        return None
+    return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+@dataclass
+class ModeSummary:
+    """Everything the table shows for one workload x mode."""
+
+    workload: str
+    mode: str
+    ratios: dict[str, Spread | None] = field(default_factory=dict)  # metric -> to baseline
+    absolute: dict[str, Spread | None] = field(default_factory=dict)
+    spans_received: Spread | None = None
+    export_requests: Spread | None = None
+    export_mbytes: Spread | None = None
+    spans_handed: Spread | None = None  # the CLI's own count of spans it gave its outputs
+    lost_in_cli: Spread | None = None  # handed on but never received (exporter queue full)
+    collector_cpu_s: Spread | None = None
+    collector_cpu_share: Spread | None = None  # CPU seconds / window seconds
+    target_share: Spread | None = None  # CPU the target process got / window seconds
+    target_core_busy: Spread | None = None
+    load_core_busy: Spread | None = None
+    agent_dropped: dict[str, Spread | None] = field(default_factory=dict)
+    queue_full_runs: int = 0  # runs whose CLI warned "Queue full, dropping Span."
+    http_errors: Spread | None = None
+    unexpected: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    rounds: int = 0
+
+
+def summarize(
+    samples: Sequence[Sample], workload: str, metrics: Sequence[Metric], modes: Sequence[str]
+) -> list[ModeSummary]:
+    """One ModeSummary per mode of `workload`, in `modes` order."""
+    mine = [s for s in samples if s.workload == workload]
+    baselines = {s.round: s for s in mine if s.mode == BASELINE and s.ok}
+    return [_summarize_mode(mine, baselines, workload, mode, metrics) for mode in modes]
+
+
+def _summarize_mode(
+    samples: Sequence[Sample],
+    baselines: dict[int, Sample],
+    workload: str,
+    mode: str,
+    metrics: Sequence[Metric],
+) -> ModeSummary:
+    runs = [s for s in samples if s.mode == mode]
+    good = [s for s in runs if s.ok]
+    summary = ModeSummary(workload, mode, rounds=len(runs))
+    for metric in metrics:
+        key = metric.key
+        summary.absolute[key] = spread([s.metrics[key] for s in good])
+        summary.ratios[key] = spread(
+            [
+                s.metrics[key] / baselines[s.round].metrics[key]
+                for s in good
+                if s.round in baselines and baselines[s.round].metrics[key]
+            ]
+        )
+    _add_costs(summary, good)
+    _add_logs(summary, good)
+    summary.failures = [f"round {s.round}: {s.error}" for s in runs if not s.ok]
+    summary.warnings = [f"round {s.round}: {w}" for s in runs for w in s.warnings]
+    return summary
+
+
+def _add_costs(summary: ModeSummary, good: Sequence[Sample]) -> None:
+    received = [s.received for s in good if s.received is not None]
+    summary.spans_received = spread([r.spans for r in received])
+    summary.export_requests = spread([r.requests for r in received])
+    summary.export_mbytes = spread([r.bytes / 1e6 for r in received])
+    windows = [s.window for s in good if s.window is not None]
+    cpu = [(w.collector_cpu_s, w.seconds) for w in windows if w.collector_cpu_s is not None]
+    summary.collector_cpu_s = spread([c for c, _ in cpu])
+    summary.collector_cpu_share = spread([c / w for c, w in cpu if w > 0])
+    summary.target_share = spread([w.target_share for w in windows if w.target_share is not None])
+    summary.target_core_busy = spread(
+        [w.target_core_busy for w in windows if w.target_core_busy is not None]
+    )
+    summary.load_core_busy = spread(
+        [w.load_core_busy for w in windows if w.load_core_busy is not None]
+    )
+    summary.http_errors = spread([s.metrics["errors"] for s in good if "errors" in s.metrics])
+
+
+def _add_logs(summary: ModeSummary, good: Sequence[Sample]) -> None:
+    logs = [s.cli for s in good if s.cli is not None]
+    if not logs:
+        return
+    summary.spans_handed = spread([g.spans_handed for g in logs if g.spans_handed is not None])
+    summary.lost_in_cli = spread(
+        [
+            s.cli.spans_handed - s.received.spans
+            for s in good
+            if s.cli is not None
+            and s.cli.spans_handed is not None
+            and s.received is not None
+            and s.received.requests  # a mode that exports
+        ]
+    )
+    summary.queue_full_runs = sum(1 for g in logs if g.queue_full)
+    reasons = sorted({reason for g in logs for reason in g.agent_dropped})
+    summary.agent_dropped = {
+        reason: spread([g.agent_dropped.get(reason, 0) for g in logs]) for reason in reasons
+    }
+    for log in logs:
+        for line in log.unexpected:
+            if line not in summary.unexpected:
+                summary.unexpected.append(line)

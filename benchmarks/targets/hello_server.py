@@ -1,0 +1,46 @@
+"""W2: an aiohttp hello-world server on 127.0.0.1, a free port.
+
+Plain aiohttp: it must run unchanged under `python` and under `async-inspect run`.
+Prints `READY pid=<pid> port=<port>` (flushed) once it accepts connections, and shuts
+down cleanly on SIGTERM or SIGINT, so an agent in it can say goodbye.
+
+Usage: hello_server.py [--port N]   (0, the default: a free port)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from aiohttp import web
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(text="Hello")
+
+
+async def serve(port: int) -> None:
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY pid={os.getpid()} port={bound}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(serve(parser.parse_args().port))

@@ -1,0 +1,171 @@
+"""The two workloads: how each target is driven and what it measures.
+
+W1 `chains` measures itself (targets/chains.py prints its RESULT line); W2 `http` is an
+aiohttp server (targets/hello_server.py) driven by wrk from the load CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .meter import Meter, Window
+from .modes import Started
+from .procs import BenchError, pinned
+
+__all__ = ["Chains", "Http", "Metric", "Workload", "parse_wrk"]
+
+TARGETS = Path(__file__).resolve().parent / "targets"
+LINE_SLACK = 30.0  # seconds beyond the expected time before a target counts as stuck
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a workload reports."""
+
+    key: str
+    unit: str
+    higher_is_better: bool
+
+
+class Workload(Protocol):
+    """Drives a started target through warm-up and one measurement window."""
+
+    name: str
+    title: str
+    metrics: tuple[Metric, ...]
+
+    def target(self) -> list[str]:
+        """The target script and its arguments (the interpreter comes from the mode)."""
+        ...
+
+    def measure(
+        self, started: Started, ready_line: str, meter: Meter
+    ) -> tuple[dict[str, float], Window]:
+        """Warm up, then measure between `meter.begin()` and `meter.end()`."""
+        ...
+
+    def finish(self, started: Started) -> None:
+        """Ask the target to exit (it may already be on its way)."""
+        ...
+
+
+def field_value(line: str, name: str) -> str:
+    """`value` of `name=value` in a protocol line; BenchError if missing."""
+    match = re.search(rf"\b{re.escape(name)}=(\S+)", line)
+    if match is None:
+        raise BenchError(f"no {name}= in {line!r}")
+    return match.group(1)
+
+
+class Chains:
+    """W1: asyncio tasks awaiting a three-deep coroutine chain; chains per second."""
+
+    name = "W1"
+    metrics: tuple[Metric, ...] = (Metric("chains_per_s", "chains/s", higher_is_better=True),)
+
+    def __init__(self, tasks: int, warmup: float, duration: float) -> None:
+        self.tasks, self.warmup, self.duration = tasks, warmup, duration
+        self.title = f"W1 chains: {tasks} tasks, 3-deep chain + sleep(0), {duration:g}s window"
+
+    def target(self) -> list[str]:
+        return [
+            str(TARGETS / "chains.py"),
+            *("--tasks", str(self.tasks)),
+            *("--warmup", str(self.warmup), "--duration", str(self.duration)),
+        ]
+
+    def measure(
+        self, started: Started, ready_line: str, meter: Meter
+    ) -> tuple[dict[str, float], Window]:
+        started.outer.send("go")
+        started.outer.expect("START", self.warmup + LINE_SLACK)
+        meter.begin()
+        result = started.outer.expect("RESULT", self.duration + LINE_SLACK)
+        window = meter.end()
+        return {"chains_per_s": float(field_value(result, "chains_per_s"))}, window
+
+    def finish(self, started: Started) -> None:
+        pass  # it exits by itself after its RESULT line
+
+
+class Http:
+    """W2: aiohttp hello world under wrk; requests per second and p99 latency."""
+
+    name = "W2"
+    metrics: tuple[Metric, ...] = (
+        Metric("requests_per_s", "req/s", higher_is_better=True),
+        Metric("p99_ms", "p99 ms", higher_is_better=False),
+    )
+
+    def __init__(
+        self, connections: int, warmup: float, duration: float, load_cpu: int | None
+    ) -> None:
+        self.connections, self.warmup, self.duration = connections, warmup, duration
+        self.load_cpu = load_cpu
+        self.title = (
+            f"W2 http: aiohttp hello world, wrk -t1 -c{connections} -d{duration:g}s --latency"
+        )
+
+    def target(self) -> list[str]:
+        return [str(TARGETS / "hello_server.py")]
+
+    def measure(
+        self, started: Started, ready_line: str, meter: Meter
+    ) -> tuple[dict[str, float], Window]:
+        url = f"http://127.0.0.1:{field_value(ready_line, 'port')}/"
+        self._wrk(url, self.warmup)
+        meter.begin()
+        output = self._wrk(url, self.duration)
+        window = meter.end()
+        return parse_wrk(output), window
+
+    def finish(self, started: Started) -> None:
+        # Under `run` the CLI forwards SIGTERM to the server, which shuts down cleanly.
+        started.outer.signal(signal.SIGTERM)
+
+    def _wrk(self, url: str, seconds: float) -> str:
+        argv = pinned(
+            self.load_cpu,
+            ["wrk", "-t1", f"-c{self.connections}", f"-d{seconds:g}s", "--latency",
+             "--timeout", "2s", url],
+        )  # fmt: skip
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=seconds + LINE_SLACK, check=False
+            )
+        except FileNotFoundError:
+            raise BenchError("wrk is not installed: apt-get install -y wrk") from None
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk did not finish within {seconds + LINE_SLACK:.0f}s") from None
+        if done.returncode != 0:
+            raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+
+UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """requests_per_s, p99_ms and error counts from `wrk --latency` output."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    if rps is None or p99 is None:
+        raise BenchError(f"cannot parse wrk output:\n{output}")
+    metrics = {
+        "requests_per_s": float(rps.group(1)),
+        "p99_ms": float(p99.group(1)) * UNITS_MS[p99.group(2)],
+    }
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    metrics["errors"] = float(
+        (sum(int(n) for n in errors.groups()) if errors else 0)
+        + (int(non_2xx.group(1)) if non_2xx else 0)
+    )
+    return metrics

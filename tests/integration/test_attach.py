@@ -1,0 +1,352 @@
+"""`async-inspect attach` / `detach`: real targets (3.12/3.13/3.14), spans at a real receiver,
+and the target checked from the inside afterwards: nothing of ours left in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+ATTACH_LATENCY = 2.0  # from injection start: the requirement
+CLI_START_ALLOWANCE = 2.0  # importing our CLI (OpenTelemetry, gRPC, aiohttp) on a slow machine
+
+
+class Target:
+    """A running probe_app.py."""
+
+    def __init__(self, python: str, mode: str, prefix: list[str] | None = None, **env: str):
+        self.process = subprocess.Popen(
+            [*(prefix or []), python, str(TARGETS / "probe_app.py"), mode],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        assert line and line[0] == "ready", self.process.stderr.read() if self.process.stderr else ""
+        self.ports = [int(port) for port in line[1:]]
+        self.pid = self.process.pid
+
+    def send(self, line: str, port: int | None = None) -> str:
+        with socket.create_connection(("127.0.0.1", port or self.ports[0]), timeout=10) as conn:
+            conn.sendall(line.encode() + b"\n")
+            return conn.makefile().readline().strip()
+
+    def probe(self, port: int | None = None) -> dict[str, object]:
+        return dict(json.loads(self.send("probe", port)))
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and self.send("x") == "ok"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def targets() -> Iterator[list[Target]]:
+    started: list[Target] = []
+    yield started
+    for target in started:
+        target.stop()
+
+
+class Session:
+    """A running `async-inspect attach` (stderr read line by line)."""
+
+    def __init__(self, pid: int, *args: str, env: dict[str, str] | None = None) -> None:
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [*CLI, "attach", str(pid), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env if env is not None else os.environ.copy(),
+        )  # fmt: skip
+        self.lines: list[str] = []
+
+    def wait_for(self, word: str, timeout: float = 20.0) -> float:
+        """Seconds from start until a stderr line containing `word`."""
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if word in line:
+                return time.monotonic() - self.started
+        raise AssertionError(f"no {word!r} line; stderr so far: {''.join(self.lines)}")
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C; returns (exit status, rest of stderr)."""
+        self.process.send_signal(signal.SIGINT)
+        return self.finish()
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        _, rest = self.process.communicate(timeout=timeout)
+        return self.process.returncode, "".join(self.lines) + rest
+
+
+def spec_trees(spans: list[ReceivedSpan]) -> list[list[str]]:
+    """[request, children..., grandchildren...] names for every handle_request span."""
+    trees = []
+    for request in (s for s in spans if s.name == "handle_request"):
+        kids = [s for s in spans if s.parent_span_id == request.span_id]
+        grandkids = [s for k in kids for s in spans if s.parent_span_id == k.span_id]
+        trees.append(["handle_request", *sorted(k.name for k in kids), *[g.name for g in grandkids]])
+    return trees
+
+
+SPEC_TREE = ["handle_request", "auth_user", "fetch_data", "db_query"]
+
+
+@pytest.mark.parametrize("mode", ["busy", "idle", "thread", "multi"])
+@pytest.mark.parametrize("version", interpreter_params())
+def test_attach_traces_then_detach_leaves_nothing(
+    version: str, mode: str, receiver: OtlpReceiver, targets: list[Target]
+) -> None:
+    # GIVEN a running target, probed from the inside before anything happens
+    target = Target(INTERPRETERS[version], mode)
+    targets.append(target)
+    before = [target.probe(port) for port in target.ports]
+    # WHEN async-inspect attaches
+    session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
+    latency = session.wait_for("attached")
+    # THEN it takes effect within 2 s (plus the CLI's own start-up)
+    assert latency < ATTACH_LATENCY + CLI_START_ALLOWANCE, latency
+    # AND requests on every loop come out as the spec's tree
+    for port in target.ports:
+        assert target.send("request", port) == "ok"
+    # WHEN Ctrl-C
+    status, stderr = session.interrupt()
+    # THEN it detached cleanly and flushed
+    assert status == 0, stderr
+    assert f"detached from PID {target.pid}" in stderr
+    spans = receiver.wait_for(lambda s: len(spec_trees(s)) >= len(target.ports))
+    assert all(tree == SPEC_TREE for tree in spec_trees(spans)), spec_trees(spans)
+    assert all(s.resource["process.pid"] == target.pid for s in spans)
+    # AND nothing of ours is left in the target, which still serves
+    after = [target.probe(port) for port in target.ports]
+    assert after == before
+    assert target.alive()
+
+
+def test_attach_twice_is_harmless(receiver: OtlpReceiver, targets: list[Target]) -> None:
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    first = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
+    first.wait_for("attached")
+    second = Session(target.pid, "--no-tree")
+    status, stderr = second.finish()
+    assert status != 0
+    assert "already attached" in stderr and "Traceback" not in stderr
+    assert target.send("request") == "ok"
+    status, stderr = first.interrupt()
+    assert status == 0, stderr
+    assert receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+    assert target.probe()["modules"] == []
+
+
+def test_detach_from_another_shell(receiver: OtlpReceiver, targets: list[Target]) -> None:
+    target = Target(INTERPRETERS[max(INTERPRETERS)], "idle")
+    targets.append(target)
+    session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
+    session.wait_for("attached")
+    assert target.send("request") == "ok"
+    detach = subprocess.run([*CLI, "detach", str(target.pid)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert detach.returncode == 0, detach.stderr
+    assert "detached from PID" in detach.stderr
+    status, stderr = session.finish()
+    assert status == 0, stderr
+    assert receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+    assert target.probe()["modules"] == [] and target.alive()
+
+
+def test_target_exiting_ends_the_session_with_what_was_captured(
+    receiver: OtlpReceiver, targets: list[Target]
+) -> None:
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
+    session.wait_for("attached")
+    assert target.send("request") == "ok"
+    assert target.send("quit") == "bye"
+    status, stderr = session.finish()
+    assert status == 0, stderr
+    assert f"PID {target.pid} exited" in stderr
+    assert target.process.wait(10) == 0
+    assert receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")
+def test_attach_to_a_target_in_other_namespaces(
+    receiver: OtlpReceiver, targets: list[Target], tmp_path: Path
+) -> None:
+    # GIVEN a target in its own mount and PID namespaces, with a private /tmp
+    python = INTERPRETERS[min(INTERPRETERS)]
+    wrapper = tmp_path / "container.sh"
+    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
+    prefix = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
+              "sh", str(wrapper)]  # fmt: skip
+    target = Target(python, "idle", prefix=prefix)
+    targets.append(target)
+    inner = subprocess.run(["pgrep", "-f", "-P", str(target.pid), "probe_app"], capture_output=True,
+                           text=True)  # fmt: skip
+    pid = int(inner.stdout.split()[0]) if inner.stdout.strip() else _descendant(target.pid)
+    assert Path(f"/proc/{pid}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve()
+    # WHEN attaching by the host's PID
+    session = Session(pid, "--endpoint", receiver.endpoint, "--no-tree")
+    session.wait_for("attached")
+    assert target.send("request") == "ok"
+    status, stderr = session.interrupt()
+    # THEN spans arrive and the socket folder was made (and removed) in the target's /tmp
+    assert status == 0, stderr
+    spans = receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+    assert spans[0].resource["process.pid"] == pid
+    assert os.listdir(f"/proc/{pid}/root/tmp") == []
+    assert target.probe()["modules"] == []
+
+
+def _descendant(pid: int) -> int:
+    import psutil
+
+    for child in psutil.Process(pid).children(recursive=True):
+        if "probe_app" in " ".join(child.cmdline()):
+            return int(child.pid)
+    raise AssertionError("no probe_app in the namespace")
+
+
+def test_ctrl_c_during_injection_leaves_the_target_unharmed() -> None:
+    # GIVEN a 3.12 target that never reaches a safe point by itself (pure CPU, one thread)
+    python = INTERPRETERS[min(INTERPRETERS)]
+    target = subprocess.Popen([python, str(TARGETS / "cpu_bound.py")], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert target.stdout is not None and target.stdout.readline() == "ready\n"
+        session = Session(target.pid, "--timeout", "30", "--no-tree")
+        time.sleep(2.5)  # gdb is attached and waiting for a safe point
+        status, stderr = session.interrupt()
+        assert status == 130, stderr
+        assert "untouched" in stderr and "Traceback" not in stderr
+        status_file = Path(f"/proc/{target.pid}/status").read_text()
+        assert "\nState:\tR" in status_file and "\nTracerPid:\t0\n" in status_file
+        cpu = Path(f"/proc/{target.pid}/stat").read_text().split()[13]
+        time.sleep(0.3)
+        assert Path(f"/proc/{target.pid}/stat").read_text().split()[13] != cpu  # still running
+    finally:
+        target.kill()
+        target.wait()
+
+
+def attach_error(pid: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = subprocess.run([*CLI, "attach", str(pid), "--no-tree"], capture_output=True,
+                            text=True, timeout=60, env=env)  # fmt: skip
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return result.returncode, lines[0]
+
+
+def test_no_such_pid() -> None:
+    status, line = attach_error(4_000_000)
+    assert status == 2 and "no process with PID 4000000" in line
+
+
+def test_not_a_python_process() -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        status, line = attach_error(sleeper.pid)
+        assert status == 2 and "not a CPython process" in line
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.skipif(not Path("/root/.pyenv/versions/3.11.7/bin/python").exists(),
+                    reason="no CPython 3.11 on this machine")  # fmt: skip
+def test_python_too_old(targets: list[Target]) -> None:
+    target = Target("/root/.pyenv/versions/3.11.7/bin/python", "idle")
+    targets.append(target)
+    status, line = attach_error(target.pid)
+    assert status == 2 and "3.11.7" in line and "3.12" in line
+    assert target.alive()
+
+
+def test_stopped_process(targets: list[Target]) -> None:
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    os.kill(target.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "SIGSTOP did not stop the target"
+        time.sleep(0.01)
+    try:
+        status, line = attach_error(target.pid)
+        assert status == 2 and "stopped" in line and "kill -CONT" in line
+    finally:
+        os.kill(target.pid, signal.SIGCONT)
+    assert target.alive()
+
+
+def test_gdb_missing_for_a_312_target(targets: list[Target], tmp_path: Path) -> None:
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    env = {**os.environ, "PATH": str(tmp_path)}  # no gdb anywhere on it
+    status, line = attach_error(target.pid, env)
+    assert status == 2 and "gdb" in line and "install" in line
+    assert target.alive() and target.probe()["modules"] == []
+
+
+@pytest.mark.skipif("3.14" not in INTERPRETERS, reason="no CPython 3.14 on this machine")
+def test_remote_debugging_disabled_is_respected(targets: list[Target]) -> None:
+    target = Target(INTERPRETERS["3.14"], "idle", PYTHON_DISABLE_REMOTE_DEBUG="1")
+    targets.append(target)
+    status, line = attach_error(target.pid)
+    assert status == 2 and "remote debugging disabled" in line
+    assert target.alive() and target.probe()["modules"] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a target as another user")  # fmt: skip
+@pytest.mark.skipif("3.14" not in INTERPRETERS or not INTERPRETERS["3.14"].startswith("/opt"),
+                    reason="needs a CPython that user nobody can run (/opt/python3.14)")  # fmt: skip
+def test_permission_denied(targets: list[Target]) -> None:
+    # GIVEN a target of another user, and a CLI that is root but without CAP_SYS_PTRACE
+    target = Target(INTERPRETERS["3.14"], "idle",
+                    prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    targets.append(target)
+    no_ptrace = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
+    result = subprocess.run([*no_ptrace, *CLI, "attach", str(target.pid)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    # THEN one line says what to do, and the target is unharmed
+    assert result.returncode == 2, result.stderr
+    assert "root or with CAP_SYS_PTRACE" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert target.alive()
+
+
+def test_doctor_reports_a_target(targets: list[Target]) -> None:
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    result = subprocess.run([*CLI, "doctor", str(target.pid)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    assert "ok    CPython 3.12" in result.stdout and "attach should work" in result.stdout
+    assert target.probe()["modules"] == []
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -23,6 +23,7 @@ from profiler import wire
 from profiler.agent.settings import AgentSettings
 from profiler.payload import payload
 
+from .metrics import MetricsStore
 from .session import ProcessSession, ResourceSettings
 from .sinks import SpanSink
 from .spans import build_span
@@ -50,6 +51,7 @@ class SessionHub:
         resource: ResourceSettings,
         token: str,
         notify: Callable[[Notice], None],
+        metrics: MetricsStore | None = None,
     ) -> None:
         self.sinks = sinks
         self.agent_settings = agent_settings
@@ -58,6 +60,7 @@ class SessionHub:
         self.notify = notify
         self.sessions: dict[int, ProcessSession] = {}
         self.connections: set[AgentConnection] = set()
+        self.metrics = metrics if metrics is not None else MetricsStore()
         self.malformed_spans = 0
         self.spans_exported = 0
         self._idle = asyncio.Event()
@@ -106,6 +109,7 @@ class SessionHub:
                 sink.on_span(span)
             self.spans_exported += 1
         session.spans_received += len(records)
+        self.metrics.spans_exported = self.spans_exported
 
 
 def _peer_pid(writer: asyncio.StreamWriter) -> int:
@@ -194,6 +198,7 @@ class AgentConnection:
 
     def _on_stats(self, session: ProcessSession, stats: dict[str, Any]) -> None:
         session.stats = stats
+        self.hub.metrics.update(session, stats)
         dropped = stats.get("dropped", {})
         fresh = {
             reason: int(count) - session.dropped_reported.get(reason, 0)
@@ -206,6 +211,8 @@ class AgentConnection:
             self.hub.notify(Notice("dropped", self.pid, f"agent dropped records: {text}", session))
 
     def _ended(self) -> None:
+        if self.session is not None:
+            self.hub.metrics.ended(self.session, lost=not self._said_bye)
         if self.session is not None and not self._said_bye:
             self.hub.notify(Notice("lost", self.pid, "connection lost", self.session))
         if self.session is not None and self.hub.sessions.get(self.pid) is self.session:

@@ -18,8 +18,10 @@ from profiler.agent.settings import AgentSettings
 from profiler.attach.rendezvous import Rendezvous
 from profiler.errors import ExportError
 
+from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .jsonl import JsonLinesWriter
+from .metrics import MetricsStore, build_registry
 from .otlp import build_processor
 from .session import ResourceSettings
 from .settings import Settings
@@ -71,13 +73,16 @@ class LocalCollector:
         resource = ResourceSettings(
             settings.service_name, settings.service_version, dict(settings.resource_attributes)
         )
+        self.metrics = MetricsStore(max_span_names=settings.max_span_names)
         self.hub = SessionHub(
             self.sinks,
             agent_settings or agent_settings_from(settings),
             resource,
             self.token,
             self._on_notice,
+            self.metrics,
         )
+        self.http: HttpServer | None = None
         self._notify = notify
         self._directory: str | None = None
         self._rendezvous: Rendezvous | None = None
@@ -102,11 +107,16 @@ class LocalCollector:
             os.chmod(host_path, 0o600)
         else:
             rendezvous.hand_over(SOCKET_NAME)
+        if self.settings.metrics_port is not None:
+            self.http = HttpServer(build_registry(self.metrics, self.settings.metrics_naming))
+            await self.http.start(self.settings.metrics_address, self.settings.metrics_port)
         return self.address
 
     async def finish(self, wait_for_agents: float) -> Summary:
         """Wait for agents to say goodbye, stop listening, flush and shut every output."""
         await self.hub.wait_idle(wait_for_agents)
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             self._server.close()
         for connection in list(self.hub.connections):

@@ -61,7 +61,9 @@ def parse_resource_attributes(text: str) -> dict[str, str]:
 class ProcessSession:
     """State for one agent connection; `span_id`/`trace_id` map the agent's local ids."""
 
-    def __init__(self, hello: dict[str, Any], settings: ResourceSettings, peer_pid: int = 0) -> None:
+    def __init__(
+        self, hello: dict[str, Any], settings: ResourceSettings, peer_pid: int = 0
+    ) -> None:
         self.hello = hello
         self.own_pid = int(hello.get("pid", 0))  # as the process sees itself
         self.pid = peer_pid or self.own_pid  # as this host sees it

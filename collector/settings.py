@@ -80,6 +80,20 @@ def _compression(text: str) -> str:
     return lowered or "none"
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _naming(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("otel", "tempo"):
+        raise ValueError("expected otel or tempo")
+    return lowered
+
+
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -150,6 +164,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("split_after", "ASYNC_INSPECT_SPLIT_AFTER", _seconds,
            "a span started under a parent older than this starts a new, linked trace"),
     Option("output", "ASYNC_INSPECT_OUTPUT", str, "also write every span as JSON lines here"),
+    Option("metrics_port", "ASYNC_INSPECT_METRICS_PORT", _port,
+           "serve Prometheus /metrics (and /healthz, /readyz) on this port"),
+    Option("metrics_address", "ASYNC_INSPECT_METRICS_ADDRESS", str,
+           "address to serve metrics on (default 127.0.0.1)"),
+    Option("metrics_naming", "ASYNC_INSPECT_METRICS_NAMING", _naming,
+           "span metric names: otel (spanmetrics connector) or tempo (metrics-generator)"),
+    Option("max_span_names", "ASYNC_INSPECT_MAX_SPAN_NAMES", _positive_int,
+           "distinct span names per service in metrics; beyond: span_name=__overflow__"),
 )  # fmt: skip
 
 
@@ -177,6 +199,10 @@ class Settings:
     max_events: int = 128
     split_after: float = 30.0
     output: str | None = None
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_naming: str = "otel"
+    max_span_names: int = 1000
 
     def __post_init__(self) -> None:
         if self.max_export_batch_size > self.max_queue_size:

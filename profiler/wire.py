@@ -25,6 +25,9 @@ __all__ = [
     "EVENT_NAMES",
     "HEADER",
     "MAX_BODY",
+    "SPAN_BOUNDS_MS",
+    "SPAN_BOUNDS_NS",
+    "SPAN_BUCKETS",
     "STATE_NAMES",
     "VERSION",
     "FrameDecoder",
@@ -108,6 +111,19 @@ EVENT_NAMES: Final = {
     EVENT_FAILED: "failed",
     EVENT_CANCELLED: "cancelled",
 }
+
+
+# Span metrics are aggregated in the agent, for every span (sampled or not), into one
+# histogram per (code id, state) over these bounds: the union of the OpenTelemetry spanmetrics
+# connector's default buckets (ms) and Tempo's (2 ms * 2^k), so the collector can serve
+# either naming exactly. STATS carries them as {"spans": [(code id, state, count, sum ns,
+# bucket counts...), ...]} with len(SPAN_BOUNDS_NS) + 1 buckets, cumulative since start.
+SPAN_BOUNDS_MS: Final = (
+    2, 4, 6, 8, 10, 16, 32, 50, 64, 100, 128, 200, 256, 400, 512, 800, 1000, 1024, 1400,
+    2000, 2048, 4096, 5000, 8192, 10000, 15000, 16384,
+)  # fmt: skip
+SPAN_BOUNDS_NS: Final = tuple(ms * 1_000_000 for ms in SPAN_BOUNDS_MS)
+SPAN_BUCKETS: Final = len(SPAN_BOUNDS_NS) + 1
 
 
 class WireError(ValueError):

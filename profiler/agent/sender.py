@@ -118,7 +118,9 @@ class Sender:
         if self.dropped_disconnected:
             dropped["collector_unavailable"] = self.dropped_disconnected
         return {
+            "metrics": tracker.metrics(),
             "dropped": dropped,
+            "buffer_fill": len(tracker.finished) / max(1, tracker.settings.buffer_size),
             "open_spans": len(tracker.open),
             "buffered": len(tracker.finished),
             "codes": len(tracker.code_ids),
@@ -140,6 +142,7 @@ class Sender:
         self.reconnects += 1
         # The new collector knows nothing: introduce ourselves and resend the code table.
         if self.channel.send(wire.HELLO, self._hello(True)):
+            self.tracker.meters.resend_all()
             self.tracker.new_codes.clear()
             self.channel.send(wire.CODES, self.tracker.all_codes())
 

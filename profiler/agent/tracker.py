@@ -37,6 +37,7 @@ from typing import Any
 from .. import wire
 from . import spans as S
 from .codefilter import CodeFilter
+from .meters import Meters
 from .settings import AgentSettings
 from .spans import (
     BLOCKED_AT,
@@ -105,6 +106,8 @@ class Tracker:
         self._split_ns = int(settings.split_after * 1e9)
         self._ratio = settings.sample_ratio
         self.started_at = _now()
+        self.meters = Meters()
+        self.task_roots: dict[int, S.Span] = {}  # open first spans of tasks, by span id
         self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
 
     # -- decisions made once per code object -------------------------------------------
@@ -223,8 +226,11 @@ class Tracker:
             t = _now()
             resumed = span[RESUMED]
             if resumed:
-                span[BUSY] += t - resumed
+                step = t - resumed
+                span[BUSY] += step
                 span[RESUMED] = 0
+                if span[PARENT] is None and step > self.meters.longest_step_ns:
+                    self.meters.longest_step_ns = step  # the loop was blocked this long
             if span[SAMPLED] and span[CHILD] is None:
                 span[BLOCKED_AT] = t
                 events = span[EVENTS]
@@ -298,6 +304,9 @@ class Tracker:
         if same_task:
             assert parent is not None
             parent[S.CHILD] = span
+        elif info is not None:
+            self.task_roots[span_id] = span
+            self.meters.tasks_created += 1
         self.open[frame] = span
         return span
 
@@ -344,6 +353,9 @@ class Tracker:
         parent = span[PARENT]
         if parent is not None and parent[CHILD] is span:
             parent[CHILD] = None
+        self.meters.span_finished(span, state, t, parent is None)
+        if span[TASK_INFO] is not None and self.task_roots.pop(span[ID], None) is not None:
+            self.meters.task_finished(state)
         if not span[SAMPLED]:
             return
         span[EVENTS] += (_STATE_EVENTS[state], t, None)  # the outcome, even past the cap
@@ -479,8 +491,16 @@ class Tracker:
             records.append(S.to_wire(copy))
         return records
 
+    def metrics(self) -> dict[str, Any]:
+        """The meters' snapshot, with live and running tasks counted now."""
+        roots = list(self.task_roots.values())
+        running = sum(1 for span in roots if span[RESUMED])
+        return self.meters.snapshot(len(roots), running)
+
     def clear(self) -> None:
-        """Forget every span and task (after a final flush, or in a forked child)."""
+        """Forget every span, task and count (after a final flush, or in a forked child)."""
+        self.meters = Meters()
+        self.task_roots.clear()
         self.open.clear()
         self.finished.clear()
         self._task_frames.clear()

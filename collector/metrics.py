@@ -1,0 +1,272 @@
+"""Prometheus metrics: span RED metrics, asyncio task metrics, and our own health.
+
+Agents send cumulative histograms per (function, outcome) in their STATS frames; this store
+keeps the latest per live process and folds a finished process's totals into its service's
+series, so counters never go backwards. Families are built at scrape time by a custom
+collector over a registry of our own (never the global one).
+
+Cardinality is bounded: span names per service are capped (beyond: `__overflow__`), and a
+process's own series (pid label) disappear `stale_after` seconds after it is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from profiler import wire
+
+from .session import ProcessSession
+
+__all__ = ["NAMINGS", "MetricsStore", "build_registry"]
+
+OVERFLOW = "__overflow__"
+_STATUS = {
+    wire.STATE_COMPLETED: "STATUS_CODE_UNSET",
+    wire.STATE_CANCELLED: "STATUS_CODE_UNSET",
+    wire.STATE_FAILED: "STATUS_CODE_ERROR",
+}
+_BOUNDS_MS = wire.SPAN_BOUNDS_MS
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How span metrics are named: the OTel spanmetrics connector's, or Tempo's."""
+
+    calls: str
+    duration: str
+    service_label: str
+    unit_per_ms: float  # 1 for milliseconds, 0.001 for seconds
+    bounds_ms: tuple[int, ...]
+
+
+NAMINGS = {
+    "otel": Naming(
+        "traces_span_metrics_calls", "traces_span_metrics_duration_milliseconds",
+        "service_name", 1.0, (2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000,
+                              10000, 15000),
+    ),
+    "tempo": Naming(
+        "traces_spanmetrics_calls", "traces_spanmetrics_latency", "service", 0.001,
+        tuple(2 * 2**k for k in range(14)),
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class _Histogram:
+    count: int = 0
+    sum_ns: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * wire.SPAN_BUCKETS)
+
+    def add(self, count: int, sum_ns: int, buckets: list[int]) -> None:
+        self.count += count
+        self.sum_ns += sum_ns
+        for index, value in enumerate(buckets):
+            self.buckets[index] += value
+
+
+@dataclass
+class _Process:
+    """What one process reported last."""
+
+    session: ProcessSession
+    spans: dict[tuple[int, int], tuple[int, int, list[int]]] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    buffer_fill: float = 0.0
+    ended_at: float | None = None
+
+
+class MetricsStore:
+    """Everything the /metrics endpoint shows, fed by the ingest side."""
+
+    def __init__(self, max_span_names: int = 1000, stale_after: float = 60.0) -> None:
+        self.max_span_names = max_span_names
+        self.stale_after = stale_after
+        self._processes: dict[int, _Process] = {}  # by id(session)
+        self._retired: dict[tuple[str, str, int], _Histogram] = {}
+        self._names: dict[str, set[str]] = {}  # span names admitted per service
+        self.processes_lost = 0
+        self.spans_exported = 0
+        self.export_failures: dict[str, int] = {}
+
+    # -- ingest side --------------------------------------------------------------------
+
+    def update(self, session: ProcessSession, stats: dict[str, Any]) -> None:
+        """Take a STATS frame's numbers (malformed entries are skipped)."""
+        process = self._processes.setdefault(id(session), _Process(session))
+        metrics = stats.get("metrics") or {}
+        for entry in metrics.get("spans", ()):
+            try:
+                code_id, state, count, sum_ns, *buckets = entry
+                if len(buckets) == wire.SPAN_BUCKETS and state in _STATUS:
+                    process.spans[(int(code_id), int(state))] = (int(count), int(sum_ns), buckets)
+            except (TypeError, ValueError):
+                continue
+        process.runtime = {k: v for k, v in metrics.items() if k != "spans"}
+        process.dropped = {str(k): int(v) for k, v in (stats.get("dropped") or {}).items()}
+        process.buffer_fill = float(stats.get("buffer_fill") or 0.0)
+
+    def ended(self, session: ProcessSession, lost: bool) -> None:
+        """The process detached or exited: keep its span totals in its service's series."""
+        process = self._processes.get(id(session))
+        if process is None or process.ended_at is not None:
+            return
+        process.ended_at = time.monotonic()
+        self.processes_lost += int(lost)
+        for (code_id, state), (count, sum_ns, buckets) in process.spans.items():
+            key = (session.service_name, self._span_name(session, code_id), state)
+            self._retired.setdefault(key, _Histogram()).add(count, sum_ns, buckets)
+        process.spans.clear()
+
+    # -- scrape side --------------------------------------------------------------------
+
+    def live(self) -> list[_Process]:
+        """Processes still connected (and forget those gone for longer than stale_after)."""
+        now = time.monotonic()
+        for key, process in list(self._processes.items()):
+            if process.ended_at is not None and now - process.ended_at > self.stale_after:
+                del self._processes[key]
+        return list(self._processes.values())
+
+    def span_histograms(self) -> dict[tuple[str, str, str], _Histogram]:
+        """(service, span name, status code) -> cumulative histogram, over all processes."""
+        merged: dict[tuple[str, str, str], _Histogram] = {}
+        for (service, name, state), histogram in self._retired.items():
+            key = (service, name, _STATUS[state])
+            merged.setdefault(key, _Histogram()).add(
+                histogram.count, histogram.sum_ns, histogram.buckets
+            )
+        for process in self.live():
+            session = process.session
+            for (code_id, state), (count, sum_ns, buckets) in process.spans.items():
+                key = (session.service_name, self._span_name(session, code_id), _STATUS[state])
+                merged.setdefault(key, _Histogram()).add(count, sum_ns, buckets)
+        return merged
+
+    def _span_name(self, session: ProcessSession, code_id: int) -> str:
+        code = session.codes.get(code_id)
+        name = code.qualname if code is not None else f"code-{code_id}"
+        admitted = self._names.setdefault(session.service_name, set())
+        if name in admitted:
+            return name
+        if len(admitted) >= self.max_span_names:
+            return OVERFLOW
+        admitted.add(name)
+        return name
+
+
+class _Exposition(Collector):
+    """Builds every family from the store at scrape time."""
+
+    def __init__(self, store: MetricsStore, naming: Naming) -> None:
+        self.store = store
+        self.naming = naming
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._span_metrics()
+        yield from self._process_metrics()
+
+    def _span_metrics(self) -> Iterator[Any]:
+        naming = self.naming
+        labels = [naming.service_label, "span_name", "span_kind", "status_code"]
+        calls = CounterMetricFamily(naming.calls, "Spans observed (sampled or not)", labels=labels)
+        duration = HistogramMetricFamily(naming.duration, "Span duration", labels=labels)
+        fine = {bound: index for index, bound in enumerate(_BOUNDS_MS)}
+        for (service, name, status), histogram in sorted(self.store.span_histograms().items()):
+            values = [service, name, "SPAN_KIND_INTERNAL", status]
+            calls.add_metric(values, histogram.count)
+            cumulative, buckets, position = 0, [], 0
+            for bound in naming.bounds_ms:
+                while position <= fine[bound]:
+                    cumulative += histogram.buckets[position]
+                    position += 1
+                buckets.append((_le(bound * naming.unit_per_ms), cumulative))
+            buckets.append(("+Inf", histogram.count))
+            duration.add_metric(values, buckets, histogram.sum_ns / 1e6 * naming.unit_per_ms)
+        yield calls
+        yield duration
+
+    def _process_metrics(self) -> Iterator[Any]:
+        store = self.store
+        ids = ["service_name", "pid"]
+        live = GaugeMetricFamily("async_inspect_tasks_live", "Live tasks running application "
+                                 "code", labels=[*ids, "state"])  # fmt: skip
+        created = CounterMetricFamily("async_inspect_tasks_created", "Tasks started", labels=ids)
+        finished = CounterMetricFamily(
+            "async_inspect_tasks_finished", "Tasks ended, by outcome", labels=[*ids, "outcome"]
+        )
+        polls = CounterMetricFamily("async_inspect_polls", "Task steps", labels=ids)
+        busy = CounterMetricFamily("async_inspect_busy_seconds", "Time tasks ran", labels=ids)
+        longest = GaugeMetricFamily(
+            "async_inspect_longest_step_seconds",
+            "Longest single step in the last interval: the event loop was blocked that long",
+            labels=ids,
+        )
+        up = GaugeMetricFamily("async_inspect_process_up", "1 while attached", labels=ids)
+        received = CounterMetricFamily(
+            "async_inspect_records_received", "Span records from the agent", labels=ids
+        )
+        dropped = CounterMetricFamily(
+            "async_inspect_records_dropped", "Records the agent dropped", labels=[*ids, "reason"]
+        )
+        fill = GaugeMetricFamily(
+            "async_inspect_agent_buffer_fill_ratio", "Agent buffer use, 0..1", labels=ids
+        )
+        attached = 0
+        for process in store.live():
+            session = process.session
+            values = [session.service_name, str(session.pid)]
+            runtime = process.runtime
+            alive = process.ended_at is None
+            attached += alive
+            up.add_metric(values, 1.0 if alive else 0.0)
+            running = int(runtime.get("tasks_running", 0))
+            live.add_metric([*values, "running"], running)
+            live.add_metric([*values, "blocked"], int(runtime.get("tasks_live", 0)) - running)
+            created.add_metric(values, int(runtime.get("tasks_created", 0)))
+            for outcome, count in (runtime.get("tasks_finished") or {}).items():
+                finished.add_metric([*values, str(outcome)], int(count))
+            polls.add_metric(values, int(runtime.get("polls", 0)))
+            busy.add_metric(values, int(runtime.get("busy_ns", 0)) / 1e9)
+            longest.add_metric(values, int(runtime.get("longest_step_ns", 0)) / 1e9)
+            received.add_metric(values, session.spans_received)
+            for reason, count in process.dropped.items():
+                dropped.add_metric([*values, reason], count)
+            fill.add_metric(values, process.buffer_fill)
+        yield from (live, created, finished, polls, busy, longest, up, received, dropped, fill)
+        yield GaugeMetricFamily(
+            "async_inspect_processes_attached", "Processes observed now", value=attached
+        )
+        yield CounterMetricFamily(
+            "async_inspect_processes_lost", "Processes gone without goodbye (killed, crashed)",
+            value=store.processes_lost,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "async_inspect_spans_exported", "Spans handed to the outputs",
+            value=store.spans_exported,
+        )  # fmt: skip
+        failures = CounterMetricFamily(
+            "async_inspect_export_failures", "Failed export calls", labels=["exporter"]
+        )
+        for exporter, count in sorted(store.export_failures.items()):
+            failures.add_metric([exporter], count)
+        yield failures
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus clients write it: 2.0, 0.002, 16.384."""
+    return repr(float(bound))
+
+
+def build_registry(store: MetricsStore, naming: str = "otel") -> CollectorRegistry:
+    """A fresh registry serving `store` with the given span-metrics naming."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Exposition(store, NAMINGS[naming]))
+    return registry

@@ -1,0 +1,142 @@
+"""Prometheus metrics served by `run`: real target, real HTTP scrape, exact counts at 1%."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CLI, INTERPRETERS, TARGETS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+class Running:
+    """`async-inspect run --metrics-port` on metrics_app.py, stopped after the test."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [*CLI, "run", "-q", "--no-tree", "--metrics-port", str(self.port), *flags, "--",
+             INTERPRETERS[min(INTERPRETERS)], str(TARGETS / "metrics_app.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "done\n"
+
+    def scrape_when(self, name: str, expected: float, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, text = get(self.port, "/metrics")
+            assert status == 200
+            found = samples(text)
+            if sum(v for _, v in found.get(name, [])) == expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+    def stop(self) -> str:
+        _, stderr = self.process.communicate("\n", timeout=30)
+        return stderr
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for run in started:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def calls(found: dict, span_name: str, status: str) -> float:
+    return sum(v for labels, v in found["traces_span_metrics_calls_total"]
+               if labels["span_name"] == span_name and labels["status_code"] == status)  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", ["traceidratio", "always_off"])
+def test_span_metrics_are_exact_whatever_the_sampling(sampler: str, running: list[Running]) -> None:
+    # GIVEN 300 requests, 100 of which fail inside, traced at 1% (or not at all)
+    run = Running("--sampler", sampler, "--sampler-arg", "0.01")
+    running.append(run)
+    # WHEN Prometheus-style scraping /metrics
+    found = run.scrape_when("traces_span_metrics_calls_total", 300 + 300 + 100 + 1)
+    # THEN call counts and histograms are exact: counted before sampling
+    assert calls(found, "handle", "STATUS_CODE_UNSET") == 300
+    assert calls(found, "ok_call", "STATUS_CODE_UNSET") == 300
+    assert calls(found, "bad_call", "STATUS_CODE_ERROR") == 100
+    counts = {labels["span_name"]: v for labels, v
+              in found["traces_span_metrics_duration_milliseconds_count"]}  # fmt: skip
+    assert counts["ok_call"] == 300
+    inf = [v for labels, v in found["traces_span_metrics_duration_milliseconds_bucket"]
+           if labels["span_name"] == "ok_call" and labels["le"] == "+Inf"]  # fmt: skip
+    assert inf == [300]
+    # AND far fewer spans than calls were recorded as traces
+    received = sum(v for _, v in found["async_inspect_records_received_total"])
+    assert received < 300 / 5
+    finished = {labels["outcome"]: v for labels, v in found["async_inspect_tasks_finished_total"]}
+    assert finished["completed"] == 301  # 300 gathered handle() tasks + main
+    assert run.stop() == ""
+
+
+def test_tempo_naming_and_health_endpoints(running: list[Running]) -> None:
+    run = Running("--metrics-naming", "tempo")
+    running.append(run)
+    found = run.scrape_when("traces_spanmetrics_calls_total", 701)
+    latency = [labels for labels, _ in found["traces_spanmetrics_latency_bucket"]]
+    assert {"service", "span_name", "span_kind", "status_code", "le"} == set(latency[0])
+    assert get(run.port, "/healthz") == (200, "ok\n")
+    assert get(run.port, "/readyz") == (200, "ready\n")
+    run.stop()
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*CLI, "run", "--metrics-port", str(port), "--", "true"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 64
+    assert result.stderr.strip() == (
+        f"async-inspect: error: metrics port {port} on 127.0.0.1 is already in use "
+        "(choose another --metrics-port)"
+    )
+
+
+def test_bad_metrics_address_is_one_clear_line() -> None:
+    result = subprocess.run(
+        [*CLI, "run", "--metrics-port", "0", "--metrics-address", "no-such-host.invalid", "--",
+         "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 64
+    assert "bad metrics address 'no-such-host.invalid'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

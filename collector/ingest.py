@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from profiler import wire
+from profiler.agent.rules import RuleBook
 from profiler.agent.settings import AgentSettings
 from profiler.payload import payload
 
 from .metrics import MetricsStore
-from .session import ProcessSession, ResourceSettings
+from .session import ProcessSession, ResourceSettings, SpanNames
 from .sinks import SpanSink
 from .spans import build_span
 
@@ -52,8 +53,12 @@ class SessionHub:
         token: str,
         notify: Callable[[Notice], None],
         metrics: MetricsStore | None = None,
+        rules: RuleBook | None = None,
+        names: SpanNames | None = None,
     ) -> None:
         self.sinks = sinks
+        self.rules = rules if rules is not None else RuleBook([])
+        self.names = names if names is not None else SpanNames(1000)
         self.agent_settings = agent_settings
         self.resource = resource
         self.token = token
@@ -176,7 +181,7 @@ class AgentConnection:
         elif kind == wire.HELLO:
             if not hub.token_ok(body.get("token")):
                 raise wire.WireError("an agent presented a wrong session token")
-            self.session = ProcessSession(body, hub.resource, self.peer_pid)
+            self.session = ProcessSession(body, hub.resource, self.peer_pid, hub.rules, hub.names)
             self.pid = self.session.pid
             hub.sessions[self.pid] = self.session
             verb = "reconnected" if body.get("reconnect") else "started"

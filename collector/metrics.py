@@ -5,7 +5,7 @@ keeps the latest per live process and folds a finished process's totals into its
 series, so counters never go backwards. Families are built at scrape time by a custom
 collector over a registry of our own (never the global one).
 
-Cardinality is bounded: span names per service are capped (beyond: `__overflow__`), and a
+Cardinality is bounded: span names per service are capped (see session.SpanNames), and a
 process's own series (pid label) disappear `stale_after` seconds after it is gone.
 """
 
@@ -25,7 +25,6 @@ from .session import ProcessSession
 
 __all__ = ["NAMINGS", "MetricsStore", "build_registry"]
 
-OVERFLOW = "__overflow__"
 _STATUS = {
     wire.STATE_COMPLETED: "STATUS_CODE_UNSET",
     wire.STATE_CANCELLED: "STATUS_CODE_UNSET",
@@ -86,12 +85,10 @@ class _Process:
 class MetricsStore:
     """Everything the /metrics endpoint shows, fed by the ingest side."""
 
-    def __init__(self, max_span_names: int = 1000, stale_after: float = 60.0) -> None:
-        self.max_span_names = max_span_names
+    def __init__(self, stale_after: float = 60.0) -> None:
         self.stale_after = stale_after
         self._processes: dict[int, _Process] = {}  # by id(session)
         self._retired: dict[tuple[str, str, int], _Histogram] = {}
-        self._names: dict[str, set[str]] = {}  # span names admitted per service
         self.processes_lost = 0
         self.spans_exported = 0
         self.export_failures: dict[str, int] = {}
@@ -150,16 +147,9 @@ class MetricsStore:
                 merged.setdefault(key, _Histogram()).add(count, sum_ns, buckets)
         return merged
 
-    def _span_name(self, session: ProcessSession, code_id: int) -> str:
-        code = session.codes.get(code_id)
-        name = code.qualname if code is not None else f"code-{code_id}"
-        admitted = self._names.setdefault(session.service_name, set())
-        if name in admitted:
-            return name
-        if len(admitted) >= self.max_span_names:
-            return OVERFLOW
-        admitted.add(name)
-        return name
+    @staticmethod
+    def _span_name(session: ProcessSession, code_id: int) -> str:
+        return session.span_name(code_id)
 
 
 class _Exposition(Collector):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from profiler.agent.rules import RuleBook
 from profiler.agent.settings import AgentSettings
 from profiler.attach.rendezvous import Rendezvous
 from profiler.errors import ExportError
@@ -22,10 +23,10 @@ from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .jsonl import JsonLinesWriter
 from .metrics import MetricsStore, build_registry
-from .otlp import build_processor
-from .session import ResourceSettings
+from .otlp import ExportWatch, build_processor
+from .session import ResourceSettings, SpanNames
 from .settings import Settings
-from .sinks import ProcessorSink, SpanSink
+from .sinks import ProcessorSink, SpanSink, load_span_processor
 from .tree import TreePrinter
 
 __all__ = ["SOCKET_NAME", "LocalCollector", "Summary", "agent_settings_from"]
@@ -42,6 +43,8 @@ def agent_settings_from(settings: Settings, **overrides: object) -> AgentSetting
         "split_after": settings.split_after,
         "sample_ratio": settings.sample_ratio,
         "parent_based": settings.sampler.startswith("parentbased"),
+        "rules": tuple(rule.to_wire() for rule in settings.rules),
+        "max_attribute_values": settings.max_attribute_values,
     }
     values.update(overrides)
     return AgentSettings(**values)  # type: ignore[arg-type]
@@ -55,6 +58,7 @@ class Summary:
     processes: int
     malformed: int
     flushed: bool
+    lost: int = 0  # spans the OTLP endpoint never got
 
 
 class LocalCollector:
@@ -69,11 +73,13 @@ class LocalCollector:
     ) -> None:
         self.settings = settings
         self.token = secrets.token_hex(16)
+        self._notify = notify
+        self.metrics = MetricsStore()
+        self.export_watch: ExportWatch | None = None
         self.sinks = self._sinks(settings, tree)
         resource = ResourceSettings(
             settings.service_name, settings.service_version, dict(settings.resource_attributes)
         )
-        self.metrics = MetricsStore(max_span_names=settings.max_span_names)
         self.hub = SessionHub(
             self.sinks,
             agent_settings or agent_settings_from(settings),
@@ -81,9 +87,10 @@ class LocalCollector:
             self.token,
             self._on_notice,
             self.metrics,
+            RuleBook(list(settings.rules)),
+            SpanNames(settings.max_span_names),
         )
         self.http: HttpServer | None = None
-        self._notify = notify
         self._directory: str | None = None
         self._rendezvous: Rendezvous | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -126,8 +133,13 @@ class LocalCollector:
             shutil.rmtree(self._directory, ignore_errors=True)
         if self._rendezvous is not None:
             self._rendezvous.remove()
+        lost = self.export_watch.spans_lost if self.export_watch is not None else 0
         return Summary(
-            self.hub.spans_exported, len(self.processes_seen), self.hub.malformed_spans, flushed
+            self.hub.spans_exported,
+            len(self.processes_seen),
+            self.hub.malformed_spans,
+            flushed,
+            lost,
         )
 
     def _on_notice(self, notice: Notice) -> None:
@@ -140,10 +152,12 @@ class LocalCollector:
         for sink in self.sinks:
             flushed = sink.flush(self.settings.bsp_export_timeout) and flushed
             sink.shutdown()
+        if self.export_watch is not None:
+            self.export_watch.uninstall()
+            flushed = flushed and self.export_watch.spans_lost == 0
         return flushed
 
-    @staticmethod
-    def _sinks(settings: Settings, tree: TextIO | None) -> list[SpanSink]:
+    def _sinks(self, settings: Settings, tree: TextIO | None) -> list[SpanSink]:
         sinks: list[SpanSink] = []
         if tree is not None:
             sinks.append(TreePrinter(tree))
@@ -156,5 +170,11 @@ class LocalCollector:
                 ) from None
             sinks.append(JsonLinesWriter(stream))
         if settings.endpoint:
-            sinks.append(ProcessorSink(build_processor(settings)))
+            self.export_watch = ExportWatch(settings.endpoint, self._warn, self.metrics)
+            self.export_watch.install()
+            sinks.append(ProcessorSink(build_processor(settings, self.export_watch)))
+        sinks.extend(ProcessorSink(load_span_processor(path)) for path in settings.span_processors)
         return sinks
+
+    def _warn(self, message: str) -> None:
+        self._notify(Notice("warning", 0, message))

@@ -10,7 +10,9 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-__all__ = ["CodeInfo", "ProcessSession", "ResourceSettings"]
+from profiler.agent.rules import OVERFLOW, RuleBook
+
+__all__ = ["CodeInfo", "ProcessSession", "ResourceSettings", "SpanNames"]
 
 _MASK64 = (1 << 64) - 1
 _MASK128 = (1 << 128) - 1
@@ -20,12 +22,14 @@ _MIX128 = 0x9E3779B97F4A7C15F39CC0605CEDC835
 
 @dataclass(frozen=True)
 class CodeInfo:
-    """A traced coroutine function, from the agent's CODES frames."""
+    """A traced coroutine function, from the agent's CODES frames (and the rule for it)."""
 
     qualname: str
     filename: str
     lineno: int
     module: str
+    renamed: str | None = None  # a rule's `name`
+    attributes: tuple[tuple[str, str | int | float | bool], ...] = ()  # a rule's constants
 
     @property
     def name(self) -> str:
@@ -48,6 +52,24 @@ class ResourceSettings:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+class SpanNames:
+    """Distinct span names per service, capped: beyond `limit`, a name is `__overflow__`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._admitted: dict[str, set[str]] = {}
+
+    def admit(self, service: str, name: str) -> str:
+        """`name`, or the overflow name once the service has `limit` others."""
+        admitted = self._admitted.setdefault(service, set())
+        if name in admitted:
+            return name
+        if len(admitted) >= self.limit:
+            return OVERFLOW
+        admitted.add(name)
+        return name
+
+
 def parse_resource_attributes(text: str) -> dict[str, str]:
     """`k=v,k2=v2` as in OTEL_RESOURCE_ATTRIBUTES; malformed items are skipped."""
     result: dict[str, str] = {}
@@ -62,9 +84,16 @@ class ProcessSession:
     """State for one agent connection; `span_id`/`trace_id` map the agent's local ids."""
 
     def __init__(
-        self, hello: dict[str, Any], settings: ResourceSettings, peer_pid: int = 0
+        self,
+        hello: dict[str, Any],
+        settings: ResourceSettings,
+        peer_pid: int = 0,
+        rules: RuleBook | None = None,
+        names: SpanNames | None = None,
     ) -> None:
         self.hello = hello
+        self.rules = rules if rules is not None else RuleBook([])
+        self.names = names if names is not None else SpanNames(1000)
         self.own_pid = int(hello.get("pid", 0))  # as the process sees itself
         self.pid = peer_pid or self.own_pid  # as this host sees it
         self.codes: dict[int, CodeInfo] = {}
@@ -92,9 +121,19 @@ class ProcessSession:
         return ((local * _MIX128) ^ self._salt128) & _MASK128 or 1
 
     def add_codes(self, entries: list[tuple[int, str, str, int, str]]) -> None:
-        """Record CODES entries."""
+        """Record CODES entries, with what the rules say of each function."""
         for code_id, qualname, filename, lineno, module in entries:
-            self.codes[code_id] = CodeInfo(qualname, filename, lineno, module)
+            rule = self.rules.find(module, qualname)
+            renamed = rule.name if rule is not None else None
+            constants = tuple(rule.static_attributes.items()) if rule is not None else ()
+            self.codes[code_id] = CodeInfo(qualname, filename, lineno, module, renamed, constants)
+
+    def span_name(self, code_id: int) -> str:
+        """The span name for a function: the rule's name or the qualified name, capped."""
+        code = self.codes.get(code_id)
+        if code is None:
+            return f"code-{code_id}"
+        return self.names.admit(self.service_name, code.renamed or code.qualname)
 
     def _service_name(self, settings: ResourceSettings) -> str:
         env = self.hello.get("env", {})

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from profiler.agent.rules import Rule
 from profiler.errors import ConfigError
+
+from .config_file import DAEMON_SECTIONS, parse_rules
 
 __all__ = ["OPTIONS", "Option", "Settings", "resolve"]
 
@@ -171,7 +174,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_naming", "ASYNC_INSPECT_METRICS_NAMING", _naming,
            "span metric names: otel (spanmetrics connector) or tempo (metrics-generator)"),
     Option("max_span_names", "ASYNC_INSPECT_MAX_SPAN_NAMES", _positive_int,
-           "distinct span names per service in metrics; beyond: span_name=__overflow__"),
+           "distinct span names per service; beyond, the name is __overflow__"),
+    Option("max_attribute_values", "ASYNC_INSPECT_MAX_ATTRIBUTE_VALUES", _positive_int,
+           "distinct values of a rule's captured attribute; beyond: __overflow__"),
+    Option("span_processors", "ASYNC_INSPECT_SPAN_PROCESSORS", _globs,
+           "extra OpenTelemetry span processors, as module:factory import paths"),
 )  # fmt: skip
 
 
@@ -203,6 +210,11 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     metrics_naming: str = "otel"
     max_span_names: int = 1000
+    max_attribute_values: int = 50
+    span_processors: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    warnings: tuple[str, ...] = ()  # refused values etc., for the CLI to show once
+    config_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_export_batch_size > self.max_queue_size:
@@ -226,6 +238,7 @@ def resolve(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
     file: Mapping[str, Any] | None = None,
+    file_name: str = "config file",
 ) -> Settings:
     """Settings from flags (already typed; None = not given), environment and config file."""
     values: dict[str, Any] = {}
@@ -236,14 +249,38 @@ def resolve(
         elif option.env and environ.get(option.env, "").strip():
             values[option.key] = _parse(option, environ[option.env], f"${option.env}")
         elif file and option.key in file:
-            raw = file[option.key]
-            values[option.key] = (
-                _parse(option, raw, f"config key {option.key!r}") if isinstance(raw, str) else raw
-            )
+            values[option.key] = _from_file(option, file[option.key], file_name)
     unknown = set(flags) - known
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if file:
+        unknown = set(file) - {o.key for o in OPTIONS} - {"rules", *DAEMON_SECTIONS}
+        if unknown:
+            raise ConfigError(
+                f"{file_name}: unknown setting(s) {', '.join(sorted(unknown))}",
+                "see `async-inspect run --help` for the settings a config file may hold",
+            )
+        if "rules" in file:
+            values["rules"], warnings = parse_rules(file["rules"], file_name)
+            values["warnings"] = tuple(warnings)
+        values["config_file"] = file_name
     return Settings(**values)
+
+
+def _from_file(option: Option, raw: object, file_name: str) -> Any:
+    source = f"{file_name}: {option.key}"
+    if isinstance(raw, str):
+        return _parse(option, raw, source)
+    if isinstance(raw, bool):
+        return _parse(option, "true" if raw else "false", source)
+    if isinstance(raw, int | float):
+        return _parse(option, str(raw), source)
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return _parse(option, ",".join(raw), source)
+    if isinstance(raw, dict) and option.parse is _pairs:
+        return {str(key): str(value) for key, value in raw.items()}
+    shown = "<redacted>" if option.secret else repr(raw)
+    raise ConfigError(f"invalid {source} = {shown}: wrong type", f"fix {option.key} in the file")
 
 
 def _parse(option: Option, raw: str, source: str) -> Any:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-__all__ = ["ProcessorSink", "SpanSink"]
+from profiler.errors import ConfigError
+
+__all__ = ["ProcessorSink", "SpanSink", "load_span_processor"]
 
 
 class SpanSink(Protocol):
@@ -39,3 +42,26 @@ class ProcessorSink:
     def shutdown(self) -> None:
         """Shut the processor (and its exporter) down."""
         self.processor.shutdown()
+
+
+def load_span_processor(path: str) -> SpanProcessor:
+    """Import `module:factory` (a SpanProcessor class or a function returning one) and call
+    it: the spec's custom span processors, zero-code. ConfigError names what went wrong."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"span processor {path!r} is not module:factory")
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"cannot load span processor {path}: {exc}",
+            "is its module installed where async-inspect runs?",
+        ) from None
+    if not callable(target):
+        raise ConfigError(f"span processor {path} is not callable")
+    processor = target()
+    if not all(hasattr(processor, name) for name in ("on_end", "shutdown", "force_flush")):
+        raise ConfigError(f"{path}() did not return a SpanProcessor")
+    return processor  # type: ignore[no-any-return]

@@ -21,7 +21,8 @@ _UNKNOWN_CODE = CodeInfo("<unknown>", "<unknown>", 0, "?")
 
 def build_span(session: ProcessSession, record: tuple[Any, ...]) -> ReadableSpan:
     """The ReadableSpan for one wire span tuple. Raises ValueError on a malformed record."""
-    code = session.codes.get(record[wire.SPAN_CODE], _UNKNOWN_CODE)
+    code_id = record[wire.SPAN_CODE]
+    code = session.codes.get(code_id, _UNKNOWN_CODE)
     remote = record[wire.SPAN_REMOTE_PARENT]
     # An app's own OpenTelemetry parent decides the trace; else the agent's trace key does.
     trace_id = int(remote[0]) if remote is not None else session.trace_id(record[wire.SPAN_TRACE])
@@ -42,12 +43,16 @@ def build_span(session: ProcessSession, record: tuple[Any, ...]) -> ReadableSpan
     end = session.wall_ns(record[wire.SPAN_END])
     state = wire.STATE_NAMES[record[wire.SPAN_STATE]]
     error = record[wire.SPAN_ERROR]
+    attributes = _attributes(record, code, state, start, end)
+    attributes.update(code.attributes)
+    for key, value in record[wire.SPAN_ATTRS] or ():
+        attributes[str(key)] = str(value)
     return ReadableSpan(
-        name=code.qualname,
+        name=session.span_name(code_id),
         context=context,
         parent=parent,
         resource=session.resource,
-        attributes=_attributes(record, code, state, start, end),
+        attributes=attributes,
         events=_events(session, record, error),
         links=links,
         kind=SpanKind.INTERNAL,

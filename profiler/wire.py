@@ -76,9 +76,11 @@ SPAN_ERROR: Final = 13  # None or (type name, message, stacktrace)
 SPAN_TASK_NAME: Final = 14  # asyncio task name on a task's first span, else None
 SPAN_PARENT_TASK: Final = 15  # task id of the task that created this span's task, or 0
 SPAN_LINK: Final = 16  # None, or (trace key, span id) of the span a root was split from
-SPAN_REMOTE_PARENT: Final = 17  # None or (trace id int, span id int) of an app's OTel span
+SPAN_REMOTE_PARENT: Final = 17  # None, or (trace id, span id) of the app's own OTel parent
+# span; span id 0 on the descendants of such a span: the trace id alone.
 SPAN_FLAGS: Final = 18  # FLAG_* bits
-SPAN_FIELDS: Final = 19
+SPAN_ATTRS: Final = 19  # None, or ((key, str value), ...) captured by a rule from arguments
+SPAN_FIELDS: Final = 20
 
 FLAG_TASK_ROOT: Final = 1  # the first application span of an asyncio task
 FLAG_START_UNKNOWN: Final = 2  # adopted when the agent started: began before that
@@ -219,6 +221,8 @@ def _check_span(kind: int, span: Any) -> None:
     for index in (SPAN_LINK, SPAN_REMOTE_PARENT):
         pair = span[index]
         _require(pair is None or (type(pair) is tuple and len(pair) == 2), kind, "bad link")
+    attrs = span[SPAN_ATTRS]
+    _require(attrs is None or type(attrs) is tuple, kind, "span attributes are not a tuple")
 
 
 def decode_body(kind: int, body: Any) -> Any:

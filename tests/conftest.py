@@ -36,8 +36,11 @@ def _find_interpreters() -> dict[str, str]:
         try:
             out = subprocess.run(
                 [path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True, text=True, timeout=20, check=True,
-            ).stdout.strip()  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             continue
         found.setdefault(out, path)

@@ -105,13 +105,19 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mi
 class OtlpReceiver:
     """Listens on 127.0.0.1:<free port>; `endpoint` is what to give the exporter."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[bytes, bytes] | None = None) -> None:
+        """`tls`: (PEM certificate chain, PEM private key) to serve https instead."""
         self.lock = threading.Lock()
         self.requests: list[Request] = []
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+        else:
+            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            self.port = self._server.add_secure_port("localhost:0", credentials)
+            self.endpoint = f"https://localhost:{self.port}"
 
     def start(self) -> OtlpReceiver:
         self._server.start()

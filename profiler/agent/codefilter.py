@@ -15,6 +15,7 @@ import site
 import sysconfig
 from types import CodeType
 
+from .rules import Rule, RuleBook
 from .settings import AgentSettings
 
 __all__ = ["AGENT_FILENAME_PREFIX", "CO_COROUTINE", "CodeFilter"]
@@ -55,6 +56,7 @@ class CodeFilter:
         self._include = _compile_globs(settings.include)
         self._exclude = _compile_globs(settings.exclude)
         self._trace_library = settings.trace_library
+        self._rules = RuleBook.from_wire(list(settings.rules))
         self._prefixes = _library_prefixes()
         self._by_file: dict[str, bool] = {}
 
@@ -73,11 +75,22 @@ class CodeFilter:
 
     def wants(self, code: CodeType, module: str) -> bool:
         """True if coroutines of `code` (defined in `module`) should become spans."""
+        return self.decide(code, module)[0]
+
+    def decide(self, code: CodeType, module: str) -> tuple[bool, Rule | None]:
+        """(traced?, the rule that applies) for coroutines of `code` in `module`."""
         if not code.co_flags & CO_COROUTINE:
-            return False
+            return False, None
         filename = code.co_filename
         if filename.startswith(AGENT_FILENAME_PREFIX):
-            return False
+            return False, None
+        rule = self._rules.find(module, code.co_qualname) if self._rules.rules else None
+        if rule is not None:
+            return not rule.exclude, rule
+        return self._default(code, module), None
+
+    def _default(self, code: CodeType, module: str) -> bool:
+        filename = code.co_filename
         qualified = module + ":" + code.co_qualname
         if self._exclude is not None and (
             self._exclude.match(module) or self._exclude.match(qualified)

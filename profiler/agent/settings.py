@@ -36,6 +36,10 @@ class AgentSettings:
     """Trace standard library and site-packages coroutines too."""
     stack_limit: int = 32
     """Frames kept in `exception.stacktrace`."""
+    rules: tuple[dict[str, Any], ...] = ()
+    """Per-function rules (match, sample_rate, exclude, captures), first match wins."""
+    max_attribute_values: int = 50
+    """Distinct values per captured attribute; beyond it the value is `__overflow__`."""
     orphan_timeout: float = 0.0
     """Detach by itself after the collector has been unreachable this long (0: never).
     An attach session's socket dies with its CLI; a node daemon comes back on restart."""
@@ -49,7 +53,7 @@ class AgentSettings:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key in known:
-                values[key] = tuple(value) if key in ("include", "exclude") else value
+                values[key] = tuple(value) if key in ("include", "exclude", "rules") else value
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(**values, extra=extra)
 
@@ -58,4 +62,5 @@ class AgentSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         data["include"] = list(self.include)
         data["exclude"] = list(self.exclude)
+        data["rules"] = [dict(rule) for rule in self.rules]
         return data

@@ -35,13 +35,14 @@ PARENT_TASK = wire.SPAN_PARENT_TASK
 LINK = wire.SPAN_LINK
 REMOTE = wire.SPAN_REMOTE_PARENT
 FLAGS = wire.SPAN_FLAGS
+ATTRS = wire.SPAN_ATTRS
 # Agent-only state:
-RESUMED = 19  # perf ns of the current resume, 0 while suspended
-PARENT = 20  # the span awaiting this one in the same task, or None
-CHILD = 21  # the span this one awaits right now, or None: events go to the innermost span
-SAMPLED = 22  # bool, decided once per trace root
-TASK_INFO = 23  # TaskInfo on a task's first span, else None
-BLOCKED_AT = 24  # perf ns of the last suspension of the innermost span
+RESUMED = 20  # perf ns of the current resume, 0 while suspended
+PARENT = 21  # the span awaiting this one in the same task, or None
+CHILD = 22  # the span this one awaits right now, or None: events go to the innermost span
+SAMPLED = 23  # bool, decided once per trace root
+TASK_INFO = 24  # TaskInfo on a task's first span, else None
+BLOCKED_AT = 25  # perf ns of the last suspension of the innermost span
 
 
 def new_span(
@@ -61,7 +62,7 @@ def new_span(
     events = [wire.EVENT_POLL, start, None] if sampled else None
     return [
         span_id, parent_id, trace, task_id, code_id, thread, start, 0, wire.STATE_RUNNING,
-        1, 0, events, 0, None, None, 0, None, None, flags,
+        1, 0, events, 0, None, None, 0, None, None, flags, None,
         start, parent, None, sampled, task_info, 0,
     ]  # fmt: skip
 

@@ -38,8 +38,10 @@ from .. import wire
 from . import spans as S
 from .codefilter import CodeFilter
 from .meters import Meters
+from .rules import Capture
 from .settings import AgentSettings
 from .spans import (
+    ATTRS,
     BLOCKED_AT,
     BUSY,
     CHILD,
@@ -49,6 +51,7 @@ from .spans import (
     ID,
     PARENT,
     POLLS,
+    REMOTE,
     RESUMED,
     SAMPLED,
     START,
@@ -108,6 +111,8 @@ class Tracker:
         self.started_at = _now()
         self.meters = Meters()
         self.task_roots: dict[int, S.Span] = {}  # open first spans of tasks, by span id
+        self._code_rates: dict[int, float] = {}  # sample rate of traces rooted there (rules)
+        self._captures: dict[int, Capture] = {}  # attributes from arguments (rules)
         self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
 
     # -- decisions made once per code object -------------------------------------------
@@ -117,10 +122,18 @@ class Tracker:
         known = self.code_ids.get(code)
         if known is not None:
             return known
-        if not self._filter.wants(code, module):
+        wanted, rule = self._filter.decide(code, module)
+        if not wanted:
             return None
         code_id = self._code_counter()
         self.code_ids[code] = code_id
+        if rule is not None:
+            if rule.sample_rate is not None:
+                self._code_rates[code_id] = float(rule.sample_rate)
+            if rule.attributes:
+                self._captures[code_id] = Capture(
+                    dict(rule.captures), self.settings.max_attribute_values
+                )
         events = sys.monitoring.events
         sys.monitoring.set_local_events(
             self.tool, code, events.PY_RESUME | events.PY_YIELD | events.PY_RETURN
@@ -176,14 +189,17 @@ class Tracker:
                 return None
             # The common case, inlined: awaited directly by a traced coroutine of this task.
             sampled = parent[SAMPLED]
+            remote = parent[REMOTE]
             span = [
                 self._span_ids(), parent[ID], parent[TRACE], parent[TASK], code_id,
                 parent[THREAD], t, 0, _RUNNING, 1, 0, [_POLL, t, None] if sampled else None,
-                0, None, None, 0, None, None, 0,
+                0, None, None, 0, None, (remote[0], 0) if remote is not None else None, 0, None,
                 t, parent, None, sampled, None, 0,
             ]  # fmt: skip
             parent[CHILD] = span
             open_spans[frame] = span
+            if sampled and code_id in self._captures:
+                span[ATTRS] = self._capture(code_id, frame)
         except Exception as exc:
             self.fault(exc)
         return None
@@ -278,15 +294,23 @@ class Tracker:
             return None
         parent, info, same_task = where if where is not None else self._find_parent(frame)
         span_id = self._span_ids()
+        remote = None
         if parent is not None and t - parent[S.START] <= self._split_ns:
             trace, parent_id, sampled = parent[S.TRACE], parent[S.ID], parent[S.SAMPLED]
             link = None
+            if parent[REMOTE] is not None:
+                remote = (parent[REMOTE][0], 0)
         else:
             # A root, or a child of a long-lived span (a server loop, a worker): its own
             # trace, linked to where it came from, so no trace grows without end.
             trace, parent_id = span_id, 0
             link = (parent[S.TRACE], parent[S.ID]) if parent is not None else None
-            sampled = self._ratio >= 1.0 or random() < self._ratio
+            app_parent = _app_otel_parent() if parent is None else None
+            if app_parent is not None:  # the app's own OpenTelemetry span: join its trace
+                remote = (app_parent[0], app_parent[1])
+                sampled = app_parent[2] if self.settings.parent_based else self._sample(code_id)
+            else:
+                sampled = self._sample(code_id)
         if same_task:
             assert parent is not None
             task_id, thread = parent[S.TASK], parent[S.THREAD]
@@ -301,6 +325,9 @@ class Tracker:
             parent if same_task else None, info if not same_task else None,
         )  # fmt: skip
         span[S.LINK] = link
+        span[REMOTE] = remote
+        if sampled and code_id in self._captures:
+            span[ATTRS] = self._capture(code_id, frame)
         if same_task:
             assert parent is not None
             parent[S.CHILD] = span
@@ -331,6 +358,14 @@ class Tracker:
         # A task our factory did not see. If it started eagerly, its creator is still on
         # the stack below (create_task -> factory -> first step); else this finds nothing.
         return self.find_open_span(back), self._current_task_info(), False
+
+    def _sample(self, code_id: int) -> bool:
+        ratio = self._code_rates.get(code_id, self._ratio)
+        return ratio >= 1.0 or random() < ratio
+
+    def _capture(self, code_id: int, frame: FrameType) -> tuple[tuple[str, str], ...] | None:
+        # At PY_START the frame's locals are exactly its arguments.
+        return self._captures[code_id].values(frame.f_locals) or None
 
     def _adopt(self, code: CodeType, frame: FrameType) -> None:
         """A traced coroutine resumed that started before we watched it: track it from now."""
@@ -552,3 +587,18 @@ def _describe_awaited(value: object) -> str:
     if isinstance(value, asyncio.Task):
         return "task " + value.get_name()
     return type(value).__qualname__
+
+
+def _app_otel_parent() -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of the application's current OpenTelemetry span, if the
+    app uses OpenTelemetry and a span is current: our root then joins the app's trace."""
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is None:
+        return None
+    try:
+        context = otel_trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return int(context.trace_id), int(context.span_id), bool(context.trace_flags.sampled)
+    except Exception:  # an API version we do not know: no propagation, no harm
+        return None

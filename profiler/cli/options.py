@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from collector.config_file import load_config
 from collector.settings import OPTIONS, Settings, resolve
 
 __all__ = ["collect_options", "settings_from_flags"]
@@ -86,6 +87,13 @@ def collect_options[F: Callable[..., Any]](function: F) -> F:
                      metavar="otel|tempo", help="Span metric names (default otel)."),
         click.option("--max-span-names", callback=_parsed("max_span_names"), metavar="N",
                      help="Span names per service in metrics (default 1000)."),
+        click.option("--span-processor", "span_processors", multiple=True,
+                     callback=_parsed("span_processors"), metavar="MODULE:FACTORY",
+                     help="Add an OpenTelemetry span processor (a factory returning one) "
+                     "[ASYNC_INSPECT_SPAN_PROCESSORS]."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     metavar="FILE", help="TOML config file: settings and [[rules]] "
+                     "[ASYNC_INSPECT_CONFIG]."),
         click.option("--tree/--no-tree", default=None,
                      help="Draw traces on stderr (default: only when no endpoint is set)."),
         click.option("--quiet", "-q", is_flag=True, help="No status lines, only traces."),
@@ -95,9 +103,13 @@ def collect_options[F: Callable[..., Any]](function: F) -> F:
     return function
 
 
-def settings_from_flags(flags: dict[str, Any], **file_values: Any) -> Settings:
-    """Settings from the parsed flags (minus the view flags), the environment and defaults."""
-    values = {k: v for k, v in flags.items() if k not in ("tree", "quiet")}
-    if flags.get("insecure") is not None:
-        values["insecure"] = flags["insecure"]
-    return resolve(values, os.environ, file_values or None)
+def settings_from_flags(flags: dict[str, Any]) -> Settings:
+    """Settings: flags > environment > config file (--config or $ASYNC_INSPECT_CONFIG) >
+    defaults. Warnings about refused values are printed once, here."""
+    values = {k: v for k, v in flags.items() if k not in ("tree", "quiet", "config_path")}
+    path = flags.get("config_path") or os.environ.get("ASYNC_INSPECT_CONFIG")
+    file = load_config(path) if path else None
+    settings = resolve(values, os.environ, file, path or "config file")
+    for warning in settings.warnings:
+        click.echo(f"async-inspect: warning: {warning}", err=True)
+    return settings

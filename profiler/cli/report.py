@@ -40,6 +40,8 @@ class Reporter:
         elif notice.kind in ("agent_error", "protocol_error"):
             self.agent_errors.append(notice.message)
             self.error(f"PID {notice.pid}: {notice.message}")
+        elif notice.kind == "warning":
+            self.error(f"warning: {notice.message}")
         elif notice.kind == "dropped":
             self.error(f"PID {notice.pid}: {notice.message}")
         elif notice.kind == "lost":
@@ -47,13 +49,16 @@ class Reporter:
 
     def summary(self, summary: Summary, settings: Settings) -> None:
         """The closing line."""
-        where = f" to {settings.endpoint}" if settings.endpoint else ""
-        line = f"{summary.spans} spans from {summary.processes} process(es) exported{where}"
+        line = f"{summary.spans} spans from {summary.processes} process(es)"
+        if settings.endpoint:
+            line += f" exported to {settings.endpoint}"
         if settings.output:
             line += f", written to {settings.output}"
         if summary.malformed:
             line += f"; {summary.malformed} malformed records skipped"
-        if not summary.flushed:
-            self.error(line + "; some spans could not be exported (see warnings above)")
+        if summary.lost:
+            self.error(f"{line}; {summary.lost} of them never reached the endpoint")
+        elif not summary.flushed:
+            self.error(f"{line}; some outputs could not be flushed (see warnings above)")
         else:
             self.say(line)

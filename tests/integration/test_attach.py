@@ -29,12 +29,16 @@ class Target:
     def __init__(self, python: str, mode: str, prefix: list[str] | None = None, **env: str):
         self.process = subprocess.Popen(
             [*(prefix or []), python, str(TARGETS / "probe_app.py"), mode],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **env},
-        )  # fmt: skip
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
-        assert line and line[0] == "ready", self.process.stderr.read() if self.process.stderr else ""
+        assert line and line[0] == "ready", (
+            self.process.stderr.read() if self.process.stderr else ""
+        )
         self.ports = [int(port) for port in line[1:]]
         self.pid = self.process.pid
 
@@ -70,9 +74,11 @@ class Session:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [*CLI, "attach", str(pid), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=env if env is not None else os.environ.copy(),
-        )  # fmt: skip
+        )
         self.lines: list[str] = []
 
     def wait_for(self, word: str, timeout: float = 20.0) -> float:
@@ -104,7 +110,9 @@ def spec_trees(spans: list[ReceivedSpan]) -> list[list[str]]:
     for request in (s for s in spans if s.name == "handle_request"):
         kids = [s for s in spans if s.parent_span_id == request.span_id]
         grandkids = [s for k in kids for s in spans if s.parent_span_id == k.span_id]
-        trees.append(["handle_request", *sorted(k.name for k in kids), *[g.name for g in grandkids]])
+        trees.append(
+            ["handle_request", *sorted(k.name for k in kids), *[g.name for g in grandkids]]
+        )
     return trees
 
 
@@ -164,8 +172,9 @@ def test_detach_from_another_shell(receiver: OtlpReceiver, targets: list[Target]
     session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
     session.wait_for("attached")
     assert target.send("request") == "ok"
-    detach = subprocess.run([*CLI, "detach", str(target.pid)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    detach = subprocess.run(
+        [*CLI, "detach", str(target.pid)], capture_output=True, text=True, timeout=60
+    )
     assert detach.returncode == 0, detach.stderr
     assert "detached from PID" in detach.stderr
     status, stderr = session.finish()
@@ -198,12 +207,21 @@ def test_attach_to_a_target_in_other_namespaces(
     python = INTERPRETERS[min(INTERPRETERS)]
     wrapper = tmp_path / "container.sh"
     wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
-    prefix = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
-              "sh", str(wrapper)]  # fmt: skip
+    prefix = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        str(wrapper),
+    ]
     target = Target(python, "idle", prefix=prefix)
     targets.append(target)
-    inner = subprocess.run(["pgrep", "-f", "-P", str(target.pid), "probe_app"], capture_output=True,
-                           text=True)  # fmt: skip
+    inner = subprocess.run(
+        ["pgrep", "-f", "-P", str(target.pid), "probe_app"], capture_output=True, text=True
+    )
     pid = int(inner.stdout.split()[0]) if inner.stdout.strip() else _descendant(target.pid)
     assert Path(f"/proc/{pid}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve()
     # WHEN attaching by the host's PID
@@ -231,8 +249,9 @@ def _descendant(pid: int) -> int:
 def test_ctrl_c_during_injection_leaves_the_target_unharmed() -> None:
     # GIVEN a 3.12 target that never reaches a safe point by itself (pure CPU, one thread)
     python = INTERPRETERS[min(INTERPRETERS)]
-    target = subprocess.Popen([python, str(TARGETS / "cpu_bound.py")], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    target = subprocess.Popen(
+        [python, str(TARGETS / "cpu_bound.py")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert target.stdout is not None and target.stdout.readline() == "ready\n"
         session = Session(target.pid, "--timeout", "30", "--no-tree")
@@ -251,8 +270,9 @@ def test_ctrl_c_during_injection_leaves_the_target_unharmed() -> None:
 
 
 def attach_error(pid: int, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = subprocess.run([*CLI, "attach", str(pid), "--no-tree"], capture_output=True,
-                            text=True, timeout=60, env=env)  # fmt: skip
+    result = subprocess.run(
+        [*CLI, "attach", str(pid), "--no-tree"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -275,8 +295,10 @@ def test_not_a_python_process() -> None:
         sleeper.wait()
 
 
-@pytest.mark.skipif(not Path("/root/.pyenv/versions/3.11.7/bin/python").exists(),
-                    reason="no CPython 3.11 on this machine")  # fmt: skip
+@pytest.mark.skipif(
+    not Path("/root/.pyenv/versions/3.11.7/bin/python").exists(),
+    reason="no CPython 3.11 on this machine",
+)
 def test_python_too_old(targets: list[Target]) -> None:
     target = Target("/root/.pyenv/versions/3.11.7/bin/python", "idle")
     targets.append(target)
@@ -319,18 +341,26 @@ def test_remote_debugging_disabled_is_respected(targets: list[Target]) -> None:
     assert target.alive() and target.probe()["modules"] == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run a target as another user")  # fmt: skip
-@pytest.mark.skipif("3.14" not in INTERPRETERS or not INTERPRETERS["3.14"].startswith("/opt"),
-                    reason="needs a CPython that user nobody can run (/opt/python3.14)")  # fmt: skip
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run a target as another user",
+)
+@pytest.mark.skipif(
+    "3.14" not in INTERPRETERS or not INTERPRETERS["3.14"].startswith("/opt"),
+    reason="needs a CPython that user nobody can run (/opt/python3.14)",
+)
 def test_permission_denied(targets: list[Target]) -> None:
     # GIVEN a target of another user, and a CLI that is root but without CAP_SYS_PTRACE
-    target = Target(INTERPRETERS["3.14"], "idle",
-                    prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    target = Target(
+        INTERPRETERS["3.14"],
+        "idle",
+        prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+    )
     targets.append(target)
     no_ptrace = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
-    result = subprocess.run([*no_ptrace, *CLI, "attach", str(target.pid)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [*no_ptrace, *CLI, "attach", str(target.pid)], capture_output=True, text=True, timeout=60
+    )
     # THEN one line says what to do, and the target is unharmed
     assert result.returncode == 2, result.stderr
     assert "root or with CAP_SYS_PTRACE" in result.stderr and "Traceback" not in result.stderr
@@ -341,8 +371,9 @@ def test_permission_denied(targets: list[Target]) -> None:
 def test_doctor_reports_a_target(targets: list[Target]) -> None:
     target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
     targets.append(target)
-    result = subprocess.run([*CLI, "doctor", str(target.pid)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [*CLI, "doctor", str(target.pid)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout
     assert "ok    CPython 3.12" in result.stdout and "attach should work" in result.stdout
     assert target.probe()["modules"] == []

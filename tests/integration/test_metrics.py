@@ -42,10 +42,23 @@ class Running:
     def __init__(self, *flags: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [*CLI, "run", "-q", "--no-tree", "--metrics-port", str(self.port), *flags, "--",
-             INTERPRETERS[min(INTERPRETERS)], str(TARGETS / "metrics_app.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                *CLI,
+                "run",
+                "-q",
+                "--no-tree",
+                "--metrics-port",
+                str(self.port),
+                *flags,
+                "--",
+                INTERPRETERS[min(INTERPRETERS)],
+                str(TARGETS / "metrics_app.py"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         assert self.process.stdout.readline() == "done\n"
 
@@ -75,8 +88,11 @@ def running() -> Iterator[list[Running]]:
 
 
 def calls(found: dict, span_name: str, status: str) -> float:
-    return sum(v for labels, v in found["traces_span_metrics_calls_total"]
-               if labels["span_name"] == span_name and labels["status_code"] == status)  # fmt: skip
+    return sum(
+        v
+        for labels, v in found["traces_span_metrics_calls_total"]
+        if labels["span_name"] == span_name and labels["status_code"] == status
+    )
 
 
 @pytest.mark.parametrize("sampler", ["traceidratio", "always_off"])
@@ -90,11 +106,16 @@ def test_span_metrics_are_exact_whatever_the_sampling(sampler: str, running: lis
     assert calls(found, "handle", "STATUS_CODE_UNSET") == 300
     assert calls(found, "ok_call", "STATUS_CODE_UNSET") == 300
     assert calls(found, "bad_call", "STATUS_CODE_ERROR") == 100
-    counts = {labels["span_name"]: v for labels, v
-              in found["traces_span_metrics_duration_milliseconds_count"]}  # fmt: skip
+    counts = {
+        labels["span_name"]: v
+        for labels, v in found["traces_span_metrics_duration_milliseconds_count"]
+    }
     assert counts["ok_call"] == 300
-    inf = [v for labels, v in found["traces_span_metrics_duration_milliseconds_bucket"]
-           if labels["span_name"] == "ok_call" and labels["le"] == "+Inf"]  # fmt: skip
+    inf = [
+        v
+        for labels, v in found["traces_span_metrics_duration_milliseconds_bucket"]
+        if labels["span_name"] == "ok_call" and labels["le"] == "+Inf"
+    ]
     assert inf == [300]
     # AND far fewer spans than calls were recorded as traces
     received = sum(v for _, v in found["async_inspect_records_received_total"])
@@ -122,8 +143,10 @@ def test_port_in_use_is_one_clear_line() -> None:
         port = busy.getsockname()[1]
         result = subprocess.run(
             [*CLI, "run", "--metrics-port", str(port), "--", "true"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 64
     assert result.stderr.strip() == (
         f"async-inspect: error: metrics port {port} on 127.0.0.1 is already in use "
@@ -133,10 +156,20 @@ def test_port_in_use_is_one_clear_line() -> None:
 
 def test_bad_metrics_address_is_one_clear_line() -> None:
     result = subprocess.run(
-        [*CLI, "run", "--metrics-port", "0", "--metrics-address", "no-such-host.invalid", "--",
-         "true"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            *CLI,
+            "run",
+            "--metrics-port",
+            "0",
+            "--metrics-address",
+            "no-such-host.invalid",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 64
     assert "bad metrics address 'no-such-host.invalid'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -41,8 +41,9 @@ def python(request: pytest.FixtureRequest) -> str:
 def test_run_exports_the_spec_tree_over_otlp(python: str, receiver: OtlpReceiver) -> None:
     # GIVEN a plain asyncio app (no async-inspect import) and a real OTLP receiver
     # WHEN it runs under `async-inspect run --endpoint`
-    result = run_cli(["run", "--endpoint", receiver.endpoint, "--", python,
-                      str(TARGETS / "spec_app.py"), "3"])  # fmt: skip
+    result = run_cli(
+        ["run", "--endpoint", receiver.endpoint, "--", python, str(TARGETS / "spec_app.py"), "3"]
+    )
     # THEN the app's exit code and stdout pass through unchanged, stderr keeps its line
     assert result.returncode == 3, result.stderr
     assert result.stdout == "app stdout line\n"
@@ -118,8 +119,11 @@ def test_run_without_endpoint_draws_trees_and_writes_json_lines(tmp_path: Path) 
     # WHEN the app runs with --output
     result = subprocess.run(
         [*CLI, "run", "--output", str(output), "--", python, str(TARGETS / "spec_app.py")],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     # THEN trees like the spec's example are drawn on stderr
     assert "Span: handle_request [" in result.stderr
@@ -138,10 +142,20 @@ def test_ctrl_c_flushes_spans_of_running_tasks(receiver: OtlpReceiver) -> None:
     # GIVEN an app serving forever under `run`, in its own process group like a terminal job
     python = INTERPRETERS[min(INTERPRETERS)]
     process = subprocess.Popen(
-        [*CLI, "run", "--endpoint", receiver.endpoint, "--", python,
-         str(TARGETS / "forever_app.py")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            *CLI,
+            "run",
+            "--endpoint",
+            receiver.endpoint,
+            "--",
+            python,
+            str(TARGETS / "forever_app.py"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert process.stdout is not None
     assert process.stdout.readline() == "ready\n"
     time.sleep(0.5)

@@ -70,10 +70,11 @@ async def serve(ports, busy, announce=False):
     ports.append(server.sockets[0].getsockname()[1])
     if announce:
         print("ready", *ports, flush=True)
-    if busy:
-        asyncio.create_task(spin())
+    spinner = asyncio.create_task(spin()) if busy else None
     async with server:
         await QUIT[asyncio.get_running_loop()].wait()
+    if spinner is not None:
+        spinner.cancel()
 
 
 def in_thread(ports, busy, name):

@@ -23,8 +23,11 @@ def test_agent_imports_only_the_standard_library() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            offenders += [f"{path}:{node.lineno} {n}" for n in names
-                          if n.split(".")[0] not in allowed | {"__future__"}]  # fmt: skip
+            offenders += [
+                f"{path}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] not in allowed | {"__future__"}
+            ]
     assert offenders == []
 
 

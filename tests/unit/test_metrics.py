@@ -5,13 +5,15 @@ from __future__ import annotations
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.metrics import OVERFLOW, MetricsStore, build_registry
-from collector.session import ProcessSession, ResourceSettings
+from collector.metrics import MetricsStore, build_registry
+from collector.session import ProcessSession, ResourceSettings, SpanNames
 from profiler import wire
+from profiler.agent.rules import OVERFLOW
 
 
-def session(pid: int, service: str = "svc") -> ProcessSession:
-    s = ProcessSession({"pid": pid, "program": service, "clock": (0, 0)}, ResourceSettings())
+def session(pid: int, service: str = "svc", names: SpanNames | None = None) -> ProcessSession:
+    hello = {"pid": pid, "program": service, "clock": (0, 0)}
+    s = ProcessSession(hello, ResourceSettings(), names=names)
     s.add_codes([(1, "handle", "app.py", 3, "app"), (2, "db", "app.py", 9, "app")])
     return s
 
@@ -47,8 +49,13 @@ def labels(**values: str) -> tuple:
 
 def test_span_metrics_use_the_spanmetrics_connector_names_and_buckets() -> None:
     store = MetricsStore()
-    store.update(session(10), stats((1, wire.STATE_COMPLETED, histogram([1, 3, 7, 60])),
-                                    (1, wire.STATE_FAILED, histogram([12]))))  # fmt: skip
+    store.update(
+        session(10),
+        stats(
+            (1, wire.STATE_COMPLETED, histogram([1, 3, 7, 60])),
+            (1, wire.STATE_FAILED, histogram([12])),
+        ),
+    )
     samples = scrape(store)
     base = {"service_name": "svc", "span_name": "handle", "span_kind": "SPAN_KIND_INTERNAL"}
     calls = samples["traces_span_metrics_calls_total"]
@@ -86,8 +93,12 @@ def test_tempo_naming_is_in_seconds_with_service_label() -> None:
     store = MetricsStore()
     store.update(session(10), stats((2, wire.STATE_COMPLETED, histogram([3, 5]))))
     samples = scrape(store, "tempo")
-    key = labels(service="svc", span_name="db", span_kind="SPAN_KIND_INTERNAL",
-                 status_code="STATUS_CODE_UNSET")  # fmt: skip
+    key = labels(
+        service="svc",
+        span_name="db",
+        span_kind="SPAN_KIND_INTERNAL",
+        status_code="STATUS_CODE_UNSET",
+    )
     assert samples["traces_spanmetrics_calls_total"][key] == 2
     buckets = {dict(k)["le"]: v for k, v in samples["traces_spanmetrics_latency_bucket"].items()}
     assert buckets["0.002"] == 0 and buckets["0.004"] == 1 and buckets["0.008"] == 2
@@ -109,18 +120,29 @@ def test_counters_never_go_back_when_a_process_leaves_and_its_series_expire() ->
 
 
 def test_span_names_are_capped_per_service() -> None:
-    store = MetricsStore(max_span_names=1)
-    store.update(session(10), stats((1, wire.STATE_COMPLETED, histogram([1])),
-                                    (2, wire.STATE_COMPLETED, histogram([1]))))  # fmt: skip
+    store = MetricsStore()
+    store.update(
+        session(10, names=SpanNames(1)),
+        stats((1, wire.STATE_COMPLETED, histogram([1])), (2, wire.STATE_COMPLETED, histogram([1]))),
+    )
     names = {dict(k)["span_name"] for k in scrape(store)["traces_span_metrics_calls_total"]}
     assert names == {"handle", OVERFLOW}
 
 
 def test_process_metrics_and_health() -> None:
     store = MetricsStore()
-    store.update(session(10), stats(tasks_live=5, tasks_running=1, tasks_created=9,
-                                    tasks_finished={"failed": 2}, polls=40, busy_ns=2_000_000_000,
-                                    longest_step_ns=150_000_000))  # fmt: skip
+    store.update(
+        session(10),
+        stats(
+            tasks_live=5,
+            tasks_running=1,
+            tasks_created=9,
+            tasks_finished={"failed": 2},
+            polls=40,
+            busy_ns=2_000_000_000,
+            longest_step_ns=150_000_000,
+        ),
+    )
     samples = scrape(store)
     ids = {"service_name": "svc", "pid": "10"}
     assert samples["async_inspect_tasks_live"][labels(**ids, state="running")] == 1

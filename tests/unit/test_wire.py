@@ -12,7 +12,9 @@ from profiler.agent import bootstrap
 
 
 def span(**changes: object) -> tuple[object, ...]:
-    record: list[object] = [
+    """A valid wire span tuple; `f<index>=value` changes one field."""
+    record: list[object] = [None] * wire.SPAN_FIELDS
+    record[: wire.SPAN_FLAGS + 1] = [
         1,
         0,
         1,
@@ -79,6 +81,7 @@ def test_malformed_frames_are_rejected(data: bytes, message: str) -> None:
         ([span(f11=(1, 2))], "triplets"),
         ([span(f13="oops")], "bad error"),
         ([span(f16=[1, 2])], "bad link"),
+        ([span(f19=["k", "v"])], "attributes are not a tuple"),
     ],
 )
 def test_malformed_spans_are_rejected(body: list[object], message: str) -> None:

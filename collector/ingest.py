@@ -55,7 +55,9 @@ class SessionHub:
         metrics: MetricsStore | None = None,
         rules: RuleBook | None = None,
         names: SpanNames | None = None,
+        resource_for: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
+        self.resource_for = resource_for  # extra resource attributes per PID (node daemon)
         self.sinks = sinks
         self.rules = rules if rules is not None else RuleBook([])
         self.names = names if names is not None else SpanNames(1000)
@@ -181,7 +183,10 @@ class AgentConnection:
         elif kind == wire.HELLO:
             if not hub.token_ok(body.get("token")):
                 raise wire.WireError("an agent presented a wrong session token")
-            self.session = ProcessSession(body, hub.resource, self.peer_pid, hub.rules, hub.names)
+            extra = hub.resource_for(self.peer_pid) if hub.resource_for is not None else {}
+            self.session = ProcessSession(
+                body, hub.resource, self.peer_pid, hub.rules, hub.names, extra
+            )
             self.pid = self.session.pid
             hub.sessions[self.pid] = self.session
             verb = "reconnected" if body.get("reconnect") else "started"

@@ -19,6 +19,7 @@ from profiler.agent.settings import AgentSettings
 from profiler.attach.rendezvous import Rendezvous
 from profiler.errors import ExportError
 
+from .api import add_api_routes, session_processes
 from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .jsonl import JsonLinesWriter
@@ -29,7 +30,7 @@ from .settings import Settings
 from .sinks import ProcessorSink, SpanSink, load_span_processor
 from .tree import TreePrinter
 
-__all__ = ["SOCKET_NAME", "LocalCollector", "Summary", "agent_settings_from"]
+__all__ = ["SOCKET_NAME", "LocalCollector", "Summary", "agent_settings_from", "build_sinks"]
 
 SOCKET_NAME = "agent.sock"
 
@@ -48,6 +49,33 @@ def agent_settings_from(settings: Settings, **overrides: object) -> AgentSetting
     }
     values.update(overrides)
     return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+def build_sinks(
+    settings: Settings,
+    tree: TextIO | None,
+    metrics: MetricsStore,
+    warn: Callable[[str], None],
+) -> tuple[list[SpanSink], ExportWatch | None]:
+    """The outputs the settings ask for: terminal trees, JSON lines, OTLP, extra processors."""
+    sinks: list[SpanSink] = []
+    watch = None
+    if tree is not None:
+        sinks.append(TreePrinter(tree))
+    if settings.output:
+        try:
+            stream = open(settings.output, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ExportError(
+                f"cannot write {settings.output}: {exc.strerror}", "choose another --output"
+            ) from None
+        sinks.append(JsonLinesWriter(stream))
+    if settings.endpoint:
+        watch = ExportWatch(settings.endpoint, warn, metrics)
+        watch.install()
+        sinks.append(ProcessorSink(build_processor(settings, watch)))
+    sinks.extend(ProcessorSink(load_span_processor(path)) for path in settings.span_processors)
+    return sinks, watch
 
 
 @dataclass(frozen=True)
@@ -75,8 +103,7 @@ class LocalCollector:
         self.token = secrets.token_hex(16)
         self._notify = notify
         self.metrics = MetricsStore()
-        self.export_watch: ExportWatch | None = None
-        self.sinks = self._sinks(settings, tree)
+        self.sinks, self.export_watch = build_sinks(settings, tree, self.metrics, self._warn)
         resource = ResourceSettings(
             settings.service_name, settings.service_version, dict(settings.resource_attributes)
         )
@@ -116,6 +143,7 @@ class LocalCollector:
             rendezvous.hand_over(SOCKET_NAME)
         if self.settings.metrics_port is not None:
             self.http = HttpServer(build_registry(self.metrics, self.settings.metrics_naming))
+            add_api_routes(self.http.app, self.metrics, lambda: session_processes(self.metrics))
             await self.http.start(self.settings.metrics_address, self.settings.metrics_port)
         return self.address
 
@@ -156,25 +184,6 @@ class LocalCollector:
             self.export_watch.uninstall()
             flushed = flushed and self.export_watch.spans_lost == 0
         return flushed
-
-    def _sinks(self, settings: Settings, tree: TextIO | None) -> list[SpanSink]:
-        sinks: list[SpanSink] = []
-        if tree is not None:
-            sinks.append(TreePrinter(tree))
-        if settings.output:
-            try:
-                stream = open(settings.output, "w", encoding="utf-8")  # noqa: SIM115
-            except OSError as exc:
-                raise ExportError(
-                    f"cannot write {settings.output}: {exc.strerror}", "choose another --output"
-                ) from None
-            sinks.append(JsonLinesWriter(stream))
-        if settings.endpoint:
-            self.export_watch = ExportWatch(settings.endpoint, self._warn, self.metrics)
-            self.export_watch.install()
-            sinks.append(ProcessorSink(build_processor(settings, self.export_watch)))
-        sinks.extend(ProcessorSink(load_span_processor(path)) for path in settings.span_processors)
-        return sinks
 
     def _warn(self, message: str) -> None:
         self._notify(Notice("warning", 0, message))

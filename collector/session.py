@@ -90,8 +90,10 @@ class ProcessSession:
         peer_pid: int = 0,
         rules: RuleBook | None = None,
         names: SpanNames | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         self.hello = hello
+        self.extra = dict(extra or {})  # what the node daemon knows: container, pod
         self.rules = rules if rules is not None else RuleBook([])
         self.names = names if names is not None else SpanNames(1000)
         self.own_pid = int(hello.get("pid", 0))  # as the process sees itself
@@ -142,6 +144,7 @@ class ProcessSession:
             settings.service_name
             or env.get("OTEL_SERVICE_NAME")
             or target_attrs.get("service.name")
+            or self.extra.get("service.name.default")
             or str(self.hello.get("program") or "python")
         )
 
@@ -152,6 +155,7 @@ class ProcessSession:
             parse_resource_attributes(hello.get("env", {}).get("OTEL_RESOURCE_ATTRIBUTES", ""))
         )
         attributes.update(settings.attributes)
+        attributes.update({k: v for k, v in self.extra.items() if k != "service.name.default"})
         attributes.update(
             {
                 "service.name": self.service_name,

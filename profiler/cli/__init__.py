@@ -9,10 +9,12 @@ import click
 from profiler.errors import AsyncInspectError
 
 from .attach import attach
+from .collector import collector
 from .demo import demo
 from .detach import detach
 from .doctor import doctor
 from .run import run
+from .views import ps, top
 
 __all__ = ["cli", "main"]
 
@@ -23,7 +25,7 @@ def cli() -> None:
     """Zero-code asyncio profiler: every task becomes an OpenTelemetry span."""
 
 
-for command in (run, attach, detach, doctor, demo):
+for command in (run, attach, detach, doctor, collector, ps, top, demo):
     cli.add_command(command)
 
 

@@ -1,0 +1,134 @@
+"""Which processes the node daemon attaches to: `[[select]]` and `[[exclude_processes]]`.
+
+A table matches when every key in it matches (AND); a process is selected when any
+`[[select]]` table matches (OR) and no `[[exclude_processes]]` table does (exclusion wins).
+With no `[[select]]` at all, exactly the processes whose environment has
+`ASYNC_INSPECT_ENABLE=1` are selected: nothing is attached to unless someone opted in.
+
+    command    glob over the whole command line      executable  glob over the exe path
+    env        NAME or NAME=value in its environment  service     glob over its service name
+    namespace  Kubernetes namespace glob              container   Kubernetes container glob
+    label      pod label k=v (v may be a glob)        annotation  pod annotation k=v
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from profiler.errors import ConfigError
+
+from .discovery import ProcessFacts
+from .kubernetes import PodInfo
+
+__all__ = ["DEFAULT_OPT_IN", "Selection", "Selector"]
+
+DEFAULT_OPT_IN = "ASYNC_INSPECT_ENABLE=1"
+_KEYS = ("command", "executable", "env", "service", "namespace", "container", "label",
+         "annotation")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One table: each key that is set must match."""
+
+    command: str | None = None
+    executable: str | None = None
+    env: str | None = None
+    service: str | None = None
+    namespace: str | None = None
+    container: str | None = None
+    label: str | None = None
+    annotation: str | None = None
+
+    def matches(self, facts: ProcessFacts, pod: PodInfo | None, service: str) -> bool:
+        """True if every key of this table matches the process."""
+        checks = [
+            self.command is None or fnmatch.fnmatchcase(facts.command, self.command),
+            self.executable is None
+            or (
+                facts.target is not None and fnmatch.fnmatchcase(facts.target.exe, self.executable)
+            ),
+            self.env is None or _env_matches(facts.environ, self.env),
+            self.service is None or fnmatch.fnmatchcase(service, self.service),
+            self.namespace is None
+            or (pod is not None and fnmatch.fnmatchcase(pod.namespace, self.namespace)),
+            self.container is None
+            or (pod is not None and fnmatch.fnmatchcase(pod.container, self.container)),
+            self.label is None or (pod is not None and _pair_matches(pod.labels, self.label)),
+            self.annotation is None
+            or (pod is not None and _pair_matches(pod.annotations, self.annotation)),
+        ]
+        return all(checks)
+
+    def describe(self) -> str:
+        """The table as `key=value, ...`, for reasons shown to users."""
+        return ", ".join(f"{key}={getattr(self, key)}" for key in _KEYS if getattr(self, key))
+
+
+def _exe_matches(facts: ProcessFacts, wanted: str) -> bool:
+    return facts.target is not None and fnmatch.fnmatchcase(facts.target.exe, wanted)
+
+
+def _env_matches(environ: dict[str, str], wanted: str) -> bool:
+    name, sep, value = wanted.partition("=")
+    if name not in environ:
+        return False
+    return not sep or fnmatch.fnmatchcase(environ[name], value)
+
+
+def _pair_matches(pairs: dict[str, str], wanted: str) -> bool:
+    key, sep, value = wanted.partition("=")
+    return key in pairs and (not sep or fnmatch.fnmatchcase(pairs[key], value))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The select and exclude tables; `decide` says whether and why."""
+
+    select: tuple[Selector, ...]
+    exclude: tuple[Selector, ...] = ()
+
+    @classmethod
+    def default(cls) -> Selection:
+        """Opt-in by environment variable only."""
+        return cls((Selector(env=DEFAULT_OPT_IN),))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], source: str) -> Selection:
+        """From a config file's tables. ConfigError names an unknown key or bad value."""
+        select = _tables(config.get("select", []), "select", source)
+        exclude = _tables(config.get("exclude_processes", []), "exclude_processes", source)
+        return cls(select or cls.default().select, exclude)
+
+    def decide(self, facts: ProcessFacts, pod: PodInfo | None, service: str) -> tuple[bool, str]:
+        """(selected?, the reason in a few words)."""
+        for table in self.exclude:
+            if table.matches(facts, pod, service):
+                return False, f"excluded by [{table.describe()}]"
+        for table in self.select:
+            if table.matches(facts, pod, service):
+                return True, f"selected by [{table.describe()}]"
+        return False, "matches no [[select]] rule"
+
+
+def _tables(raw: object, name: str, source: str) -> tuple[Selector, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: '{name}' must be an array of tables ([[{name}]])")
+    tables = []
+    for index, table in enumerate(raw):
+        where = f"{source}: {name}[{index}]"
+        if not isinstance(table, dict) or not table:
+            raise ConfigError(f"{where} must be a non-empty table")
+        unknown = set(table) - set(_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown selector key(s) {', '.join(sorted(unknown))}",
+                f"a selector takes {', '.join(_KEYS)}",
+            )
+        for key, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}.{key} must be a non-empty string")
+        tables.append(Selector(**table))
+    return tuple(tables)

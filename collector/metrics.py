@@ -31,6 +31,8 @@ _STATUS = {
     wire.STATE_FAILED: "STATUS_CODE_ERROR",
 }
 _BOUNDS_MS = wire.SPAN_BOUNDS_MS
+# Drop reasons shown at 0 from the start (see the agent's tracker and sender).
+_DROP_REASONS = ("buffer_full", "open_span_limit", "collector_unavailable")
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,10 @@ class MetricsStore:
         self.stale_after = stale_after
         self._processes: dict[int, _Process] = {}  # by id(session)
         self._retired: dict[tuple[str, str, int], _Histogram] = {}
-        self.processes_lost = 0
+        self.processes_lost: dict[str, int] = {}  # by service
         self.spans_exported = 0
         self.export_failures: dict[str, int] = {}
+        self.exporters: dict[str, int] = {}  # configured exporters, at 0 failures
 
     # -- ingest side --------------------------------------------------------------------
 
@@ -116,7 +119,9 @@ class MetricsStore:
         if process is None or process.ended_at is not None:
             return
         process.ended_at = time.monotonic()
-        self.processes_lost += int(lost)
+        if lost:
+            service = session.service_name
+            self.processes_lost[service] = self.processes_lost.get(service, 0) + 1
         for (code_id, state), (count, sum_ns, buckets) in process.spans.items():
             key = (session.service_name, self._span_name(session, code_id), state)
             self._retired.setdefault(key, _Histogram()).add(count, sum_ns, buckets)
@@ -169,7 +174,13 @@ class _Exposition(Collector):
         calls = CounterMetricFamily(naming.calls, "Spans observed (sampled or not)", labels=labels)
         duration = HistogramMetricFamily(naming.duration, "Span duration", labels=labels)
         fine = {bound: index for index, bound in enumerate(_BOUNDS_MS)}
-        for (service, name, status), histogram in sorted(self.store.span_histograms().items()):
+        histograms = self.store.span_histograms()
+        for service, name, _ in list(histograms):
+            # An error series from the first call on, so rate() sees the first error too.
+            error_key = (service, name, "STATUS_CODE_ERROR")
+            if error_key not in histograms:
+                calls.add_metric([service, name, "SPAN_KIND_INTERNAL", error_key[2]], 0)
+        for (service, name, status), histogram in sorted(histograms.items()):
             values = [service, name, "SPAN_KIND_INTERNAL", status]
             calls.add_metric(values, histogram.count)
             cumulative, buckets, position = 0, [], 0
@@ -209,6 +220,11 @@ class _Exposition(Collector):
         fill = GaugeMetricFamily(
             "async_inspect_agent_buffer_fill_ratio", "Agent buffer use, 0..1", labels=ids
         )
+        slow = CounterMetricFamily(
+            "async_inspect_slow_steps",
+            "Steps that blocked the event loop longer than le seconds",
+            labels=[*ids, "le"],
+        )
         attached = 0
         for process in store.live():
             session = process.session
@@ -221,23 +237,32 @@ class _Exposition(Collector):
             live.add_metric([*values, "running"], running)
             live.add_metric([*values, "blocked"], int(runtime.get("tasks_live", 0)) - running)
             created.add_metric(values, int(runtime.get("tasks_created", 0)))
-            for outcome, count in (runtime.get("tasks_finished") or {}).items():
-                finished.add_metric([*values, str(outcome)], int(count))
+            outcomes = runtime.get("tasks_finished") or {}
+            for outcome in ("completed", "failed", "cancelled"):
+                finished.add_metric([*values, outcome], int(outcomes.get(outcome, 0)))
+            for threshold, count in (runtime.get("slow_steps") or {}).items():
+                slow.add_metric([*values, str(threshold)], int(count))
             polls.add_metric(values, int(runtime.get("polls", 0)))
             busy.add_metric(values, int(runtime.get("busy_ns", 0)) / 1e9)
             longest.add_metric(values, int(runtime.get("longest_step_ns", 0)) / 1e9)
             received.add_metric(values, session.spans_received)
-            for reason, count in process.dropped.items():
-                dropped.add_metric([*values, reason], count)
+            for reason in sorted({*_DROP_REASONS, *process.dropped}):
+                dropped.add_metric([*values, reason], process.dropped.get(reason, 0))
             fill.add_metric(values, process.buffer_fill)
-        yield from (live, created, finished, polls, busy, longest, up, received, dropped, fill)
+        yield from (live, created, finished, polls, busy, longest, slow, up, received, dropped,
+                    fill)  # fmt: skip
         yield GaugeMetricFamily(
             "async_inspect_processes_attached", "Processes observed now", value=attached
         )
-        yield CounterMetricFamily(
-            "async_inspect_processes_lost", "Processes gone without goodbye (killed, crashed)",
-            value=store.processes_lost,
-        )  # fmt: skip
+        lost = CounterMetricFamily(
+            "async_inspect_processes_lost",
+            "Processes gone without goodbye (killed, crashed)",
+            labels=["service_name"],
+        )
+        services = {p.session.service_name for p in store.live()} | set(store.processes_lost)
+        for service in sorted(services):  # at 0 from the start, so increase() sees the first
+            lost.add_metric([service], store.processes_lost.get(service, 0))
+        yield lost
         yield CounterMetricFamily(
             "async_inspect_spans_exported", "Spans handed to the outputs",
             value=store.spans_exported,
@@ -245,7 +270,7 @@ class _Exposition(Collector):
         failures = CounterMetricFamily(
             "async_inspect_export_failures", "Failed export calls", labels=["exporter"]
         )
-        for exporter, count in sorted(store.export_failures.items()):
+        for exporter, count in sorted({**store.exporters, **store.export_failures}.items()):
             failures.add_metric([exporter], count)
         yield failures
 

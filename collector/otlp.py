@@ -40,6 +40,7 @@ class ExportWatch(logging.Handler):
         self.endpoint = endpoint
         self.warn = warn
         self.metrics = metrics
+        metrics.exporters["otlp"] = 0
         self.spans_lost = 0
         self._last_warned: dict[str, float] = {}
         self._lock_counts = threading.Lock()

@@ -13,7 +13,10 @@ from typing import Any
 
 from .. import wire
 
-__all__ = ["Meters"]
+__all__ = ["SLOW_STEP_LABELS", "SLOW_STEP_NS", "Meters"]
+
+SLOW_STEP_NS = (10_000_000, 100_000_000, 1_000_000_000)  # 10 ms, 100 ms, 1 s
+SLOW_STEP_LABELS = ("0.01", "0.1", "1")
 
 _BOUNDS = wire.SPAN_BOUNDS_NS
 _WIDTH = 2 + wire.SPAN_BUCKETS  # count, sum ns, buckets
@@ -33,6 +36,7 @@ class Meters:
         self.polls = 0
         self.busy_ns = 0
         self.longest_step_ns = 0  # written by the tracker on the hot path; reset per snapshot
+        self.slow_steps = [0] * len(SLOW_STEP_NS)  # steps longer than each threshold, ever
 
     def span_finished(self, span: list[Any], state: int, end: int, outermost: bool) -> None:
         """Count a finished span (adopted ones, whose start is unknown, are not timed)."""
@@ -55,15 +59,25 @@ class Meters:
         """A new collector knows nothing: the next snapshot carries every histogram."""
         self._dirty.update(self._spans)
 
+    def step(self, duration: int) -> None:
+        """An outermost coroutine ran `duration` ns without yielding: the loop was blocked."""
+        if duration > self.longest_step_ns:
+            self.longest_step_ns = duration
+        if duration > SLOW_STEP_NS[0]:
+            for index, threshold in enumerate(SLOW_STEP_NS):
+                if duration > threshold:
+                    self.slow_steps[index] += 1
+
     def task_finished(self, state: int) -> None:
         """A task's first span ended with `state`."""
         self.tasks_finished[state] += 1
 
-    def snapshot(self, live_tasks: int, running_tasks: int) -> dict[str, Any]:
-        """Cumulative values (span histograms: only those changed since the last snapshot)."""
+    def snapshot(self, live_tasks: int, running_tasks: int, running_for: int) -> dict[str, Any]:
+        """Cumulative values (span histograms: only those changed since the last snapshot).
+        `running_for`: how long the step running right now has run (a loop stuck now)."""
         dirty, self._dirty = self._dirty, set()
         spans = [(key // 8, key % 8, *self._spans[key]) for key in dirty]
-        longest, self.longest_step_ns = self.longest_step_ns, 0
+        longest, self.longest_step_ns = max(self.longest_step_ns, running_for), 0
         return {
             "spans": spans,
             "tasks_live": live_tasks,
@@ -77,4 +91,5 @@ class Meters:
             "polls": self.polls,
             "busy_ns": self.busy_ns,
             "longest_step_ns": longest,
+            "slow_steps": dict(zip(SLOW_STEP_LABELS, self.slow_steps, strict=True)),
         }

@@ -37,7 +37,7 @@ from typing import Any
 from .. import wire
 from . import spans as S
 from .codefilter import CodeFilter
-from .meters import Meters
+from .meters import SLOW_STEP_NS, Meters
 from .rules import Capture
 from .settings import AgentSettings
 from .spans import (
@@ -78,6 +78,7 @@ _WAKE = wire.EVENT_WAKE
 _BLOCKED = wire.EVENT_BLOCKED
 _RUNNING = wire.STATE_RUNNING
 _COMPLETED = wire.STATE_COMPLETED
+_SLOW = SLOW_STEP_NS[0]
 
 
 class Tracker:
@@ -245,8 +246,8 @@ class Tracker:
                 step = t - resumed
                 span[BUSY] += step
                 span[RESUMED] = 0
-                if span[PARENT] is None and step > self.meters.longest_step_ns:
-                    self.meters.longest_step_ns = step  # the loop was blocked this long
+                if span[PARENT] is None and (step > self.meters.longest_step_ns or step > _SLOW):
+                    self.meters.step(step)  # the loop was blocked this long
             if span[SAMPLED] and span[CHILD] is None:
                 span[BLOCKED_AT] = t
                 events = span[EVENTS]
@@ -381,11 +382,13 @@ class Tracker:
     def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
         span[END] = t
         resumed = span[RESUMED]
+        parent = span[PARENT]
         if resumed:
             span[BUSY] += t - resumed
             span[RESUMED] = 0
+            if parent is None:  # a task's last step, ended by return or raise
+                self.meters.step(t - resumed)
         span[STATE] = state
-        parent = span[PARENT]
         if parent is not None and parent[CHILD] is span:
             parent[CHILD] = None
         self.meters.span_finished(span, state, t, parent is None)
@@ -529,8 +532,9 @@ class Tracker:
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with live and running tasks counted now."""
         roots = list(self.task_roots.values())
-        running = sum(1 for span in roots if span[RESUMED])
-        return self.meters.snapshot(len(roots), running)
+        resumed = [span[RESUMED] for span in roots if span[RESUMED]]
+        running_for = _now() - min(resumed) if resumed else 0
+        return self.meters.snapshot(len(roots), len(resumed), running_for)
 
     def clear(self) -> None:
         """Forget every span, task and count (after a final flush, or in a forked child)."""

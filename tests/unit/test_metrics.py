@@ -114,7 +114,7 @@ def test_counters_never_go_back_when_a_process_leaves_and_its_series_expire() ->
     samples = scrape(store)
     calls = samples["traces_span_metrics_calls_total"]
     assert sum(calls.values()) == 3  # the process that left still counts
-    assert samples["async_inspect_processes_lost_total"][()] == 1
+    assert samples["async_inspect_processes_lost_total"][labels(service_name="svc")] == 1
     pids = {dict(k)["pid"] for k in samples["async_inspect_process_up"]}
     assert pids == {"11"}  # stale_after=0: the leaver's own series are gone
 

@@ -234,3 +234,19 @@ def test_a_broken_callback_never_raises_into_the_app() -> None:
     finally:
         installation.remove()
     assert tracker.internal_errors > 0 and "NoneType" in tracker.last_error
+
+
+def test_a_task_blocking_in_its_last_step_is_measured() -> None:
+    import time
+
+    async def blocker() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.05)  # blocks the loop, then returns: no yield ends this step
+
+    async def main() -> None:
+        await asyncio.create_task(blocker())
+
+    traced = trace(main)
+    snapshot = traced.tracker.metrics()
+    assert snapshot["longest_step_ns"] >= 50_000_000
+    assert snapshot["slow_steps"] == {"0.01": 1, "0.1": 0, "1": 0}

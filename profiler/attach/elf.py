@@ -57,9 +57,11 @@ def _read(f: BinaryIO, offset: int, size: int) -> bytes:
 
 
 def _layout(f: BinaryIO) -> _Layout:
-    ident = _read(f, 0, 16)
+    ident = f.read(16)
     if ident[:4] != b"\x7fELF":
         raise ElfError("not an ELF file")
+    if len(ident) < 16:
+        raise ElfError("truncated ELF file: no complete identification")
     is64 = ident[4] == 2
     endian = "<" if ident[5] == 1 else ">"
     if is64:

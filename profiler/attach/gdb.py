@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from profiler.attach import elf
-from profiler.attach.process import TargetInfo, check_ptrace, process_state
+from profiler.attach.process import PERMISSION_HINT, TargetInfo, check_ptrace, process_state
 from profiler.errors import (
     AttachError,
     AttachTimeout,
@@ -37,19 +37,31 @@ from profiler.errors import (
 __all__ = ["inject_with_gdb"]
 
 GDB_SCRIPT = Path(__file__).with_name("_gdb_script.py")
-_FUNCTIONS = [
-    "Py_IsInitialized", "PyGILState_Check", "PyGILState_GetThisThreadState",
-    "PyGILState_Ensure", "PyGILState_Release", "PyErr_Occurred", "PyErr_Clear", "PyDict_New",
-    "PyDict_GetItemString", "PyMem_Malloc", "PyMem_Free", "PyRun_String", "PyUnicode_AsUTF8",
-    "Py_DecRef", "PyEval_SaveThread", "PyThread_acquire_lock_timed",
+# The functions the gdb script uses, with the prototype it casts each address to (so no debug
+# information is needed). All of them are exported by every CPython 3.12+ build.
+_PROTOTYPES = {
+    "Py_IsInitialized": "int (void)", "PyGILState_Check": "int (void)",
+    "PyGILState_GetThisThreadState": "void * (void)", "PyGILState_Ensure": "int (void)",
+    "PyGILState_Release": "void (int)", "PyErr_Occurred": "void * (void)",
+    "PyErr_Clear": "void (void)", "PyDict_New": "void * (void)",
+    "PyDict_GetItemString": "void * (void *, void *)", "PyMem_Malloc": "void * (unsigned long)",
+    "PyMem_Free": "void (void *)", "PyRun_String": "void * (void *, int, void *, void *)",
+    "PyUnicode_AsUTF8": "void * (void *)", "Py_DecRef": "void (void *)",
+    "PyEval_SaveThread": "void * (void)",  # a breakpoint, never called
+    "PyThread_acquire_lock_timed": "int (void *, long long, int)",  # its range, never called
+}  # fmt: skip
+_GDB_SETTINGS = [  # given with -iex, so they hold before gdb reads anything
+    "set pagination off", "set confirm off", "set width 0", "set height 0",
+    "set print thread-events off", "set print inferior-events off", "set breakpoint pending off",
+    "set auto-load off", "set auto-solib-add off", "set debuginfod enabled off",
+    # gdb always loads libc (as libpthread); reading its separate debug info (libc6-dbg) would
+    # keep the target stopped ~100 ms longer. Unwinding needs only .eh_frame, inside libc.
+    "set debug-file-directory",
 ]  # fmt: skip
+_GDB_ARGUMENTS = ["-nx", "-batch", "-q", *(f"-iex={s}" for s in _GDB_SETTINGS)]
 _ERROR_NAME = "__async_inspect_error__"  # must match ERROR_NAME in _gdb_script.py
 _GRACE = 10.0  # seconds past the deadline for gdb to finish a call in progress and detach
 _ABORT_WAIT = 5.0  # seconds to wait for gdb to detach after we asked it to stop
-_PERMISSION_HINT = (
-    "run as root or with CAP_SYS_PTRACE; in a container add the SYS_PTRACE capability "
-    "(docker run --cap-add SYS_PTRACE; Kubernetes: capabilities.add [SYS_PTRACE] and hostPID: true)"
-)
 
 
 def inject_with_gdb(target: TargetInfo, code: str, *, timeout: float = 5.0) -> str:
@@ -74,16 +86,15 @@ def inject_with_gdb(target: TargetInfo, code: str, *, timeout: float = 5.0) -> s
         )
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="async-inspect-") as tmp:
-        status_r, status_w = os.pipe()
-        abort_r, abort_w = os.pipe()
+        (status_r, status_w), (abort_r, abort_w) = os.pipe(), os.pipe()
         session = _Session(status_r, abort_w)
         try:
             try:
                 plan = _plan(target, code, deadline, status_fd=status_w, abort_fd=abort_r)
-                Path(tmp, "plan.json").write_text(json.dumps(plan))
+                Path(tmp, "plan.json").write_text(json.dumps(plan))  # private: tmp is 0700
                 with open(Path(tmp, "gdb.log"), "wb") as log:
                     session.proc = subprocess.Popen(
-                        [gdb, "-nx", "-batch", "-q", "-x", str(GDB_SCRIPT)],
+                        [gdb, *_GDB_ARGUMENTS, "-x", str(GDB_SCRIPT)],
                         env=_gdb_environment(Path(tmp, "plan.json")),
                         stdin=subprocess.DEVNULL,
                         stdout=log,
@@ -103,28 +114,30 @@ def inject_with_gdb(target: TargetInfo, code: str, *, timeout: float = 5.0) -> s
 def _plan(target: TargetInfo, code: str, deadline: float, **fds: int) -> dict[str, object]:
     """Everything the gdb script needs; addresses are absolute in the target's memory."""
     try:
-        symbols = elf.dynamic_symbols(target.python_module, _FUNCTIONS)
+        symbols = elf.dynamic_symbols(target.python_module, _PROTOTYPES)
     except (OSError, elf.ElfError) as exc:
-        raise AttachError(
-            f"cannot read {target.python_module}: {exc}", hint="check that the file is readable"
-        ) from None
-    missing = sorted(set(_FUNCTIONS) - set(symbols))
+        hint = "check that the file is readable"
+        raise AttachError(f"cannot read {target.python_module}: {exc}", hint=hint) from None
+    missing = sorted(set(_PROTOTYPES) - set(symbols))
     if missing:
         raise AttachError(
             f"{target.python_module} does not export {', '.join(missing)}",
             hint="async-inspect needs a standard CPython build",
         )
-    functions = {name: target.module_load_bias + s.value for name, s in symbols.items()}
-    lock = functions["PyThread_acquire_lock_timed"]
-    unwind = r"libc\.so|libpthread\.so"
-    if target.python_module != target.exe:
-        unwind += r"|libpython"
+    bias = target.module_load_bias
+    functions = {name: (bias + s.value, _PROTOTYPES[name]) for name, s in symbols.items()}
+    lock = functions["PyThread_acquire_lock_timed"][0]
+    # Its first bytes in memory must match the file: else the PID exec'd or was reused since.
+    probe = elf.read_at_vaddr(target.python_module, symbols["PyGILState_Ensure"].value, 16)
     return {
+        "expect": [functions["PyGILState_Ensure"][0], probe.hex()],
         "pid": target.pid,
         "deadline": deadline,
         "functions": functions,
         "lock_wait": [lock, lock + symbols["PyThread_acquire_lock_timed"].size],
-        "unwind_libraries": unwind,
+        # Only libc's frames are walked (its unwind tables suffice): the first return address
+        # outside libc must be in PyThread_acquire_lock_timed. libc also has __errno_location.
+        "libc": r"libc\.so|libpthread\.so|ld-musl",
         "source": _bootstrap(code),
         **fds,
     }
@@ -162,8 +175,8 @@ class _Session:
 
     def __init__(self, status_fd: int, abort_fd: int) -> None:
         self.status_fd, self.abort_fd = status_fd, abort_fd
-        self.attached = self.detached = self.in_call = self.aborted = False
-        self.method = ""
+        self.attached = self.detached = self.aborted = False
+        self.method = self.inside = ""  # `inside`: the CPython function gdb is calling now
         self.error: tuple[str, str] | None = None
         self.stats: list[int] = []
         self._pending = b""
@@ -215,7 +228,9 @@ class _Session:
                 data = os.read(self.status_fd, 65536)
                 eof = not data
                 self._feed(data)
-        while select.select([self.status_fd], [], [], 0)[0] and (data := os.read(self.status_fd, 65536)):
+        while select.select([self.status_fd], [], [], 0)[0] and (
+            data := os.read(self.status_fd, 65536)
+        ):
             self._feed(data)
         return True
 
@@ -226,7 +241,7 @@ class _Session:
             if word == "attached":
                 self.attached = True
             elif word in ("call", "back"):
-                self.in_call = word == "call"
+                self.inside = rest if word == "call" else ""
             elif word == "method":
                 self.method = rest
             elif word == "error":
@@ -239,17 +254,17 @@ class _Session:
     def outcome(self, target: TargetInfo, timeout: float, log: str) -> str:
         """The method used, or the AttachError that describes what went wrong."""
         pid = target.pid
-        if self.detached and self.stats:
-            own_interrupts = self.stats[2]
-            if len(re.findall(r"received signal SIGINT", log)) > own_interrupts:
-                os.kill(pid, signal.SIGINT)  # a Ctrl-C meant for the target arrived meanwhile
+        if self.stats and len(re.findall(r"received signal SIGINT", log)) > self.stats[2]:
+            os.kill(pid, signal.SIGINT)  # a Ctrl-C meant for the target arrived meanwhile
         if self.proc.poll() is None:
+            where = f", inside {self.inside}()" if self.inside else ""
             raise AttachTimeout(
-                f"gdb (PID {self.proc.pid}) is still attached to PID {pid}",
-                hint="it will detach by itself when its current call returns; do not kill it",
+                f"gdb (PID {self.proc.pid}) is still attached to PID {pid}{where}",
+                hint="it detaches by itself once that returns; killing it could crash the target",
             )
         if self.method and self.error is None:
-            return f"{self.method} (target stopped {self.stats[1]} ms)" if self.stats else self.method
+            stopped = f" (target stopped {self.stats[1]} ms)" if self.stats else ""
+            return self.method + stopped
         kind, message = self.error or ("", "")
         if kind == "attach":
             if "No such process" in message:
@@ -257,19 +272,20 @@ class _Session:
             if "not permitted" in message:
                 problems = "; ".join(check_ptrace(pid).problems)
                 raise PermissionDenied(
-                    f"ptrace refused attaching to PID {pid}" + (f": {problems}" if problems else ""),
-                    hint=_PERMISSION_HINT,
+                    f"ptrace refused attaching to PID {pid}"
+                    + (f": {problems}" if problems else ""),
+                    hint=PERMISSION_HINT,
                 )
-        if kind in ("timeout", "aborted"):
-            if kind == "aborted":
-                raise AttachTimeout(f"gave up attaching to PID {pid}", hint="nothing was injected")
+        if kind == "aborted":
+            raise AttachTimeout(f"gave up attaching to PID {pid}", hint="nothing was injected")
+        if kind == "timeout":
             raise AttachTimeout(
                 f"PID {pid} reached no safe point within {timeout:g}s",
                 hint="no thread blocked in a syscall or released the GIL (a pure-Python CPU "
                 "loop?); retry when the program does I/O or sleeps, or with a longer timeout",
             )
-        if kind == "gone" or not os.path.isdir(f"/proc/{pid}"):
-            raise ProcessNotFound(f"PID {pid} exited during the attach", hint="nothing to do")
+        if kind in ("gone", "changed") or not os.path.isdir(f"/proc/{pid}"):
+            raise ProcessNotFound(f"PID {pid} {message or 'exited'}", hint="inspect the PID again")
         if kind == "bootstrap":
             raise AttachError(
                 f"the injected code raised inside PID {pid}: {message}",

@@ -1,4 +1,4 @@
-"""Look at a PID from the host: is it CPython, which version, where is the interpreter, may we attach.
+"""Look at a PID from the host: is it CPython, which version, where is its interpreter.
 
 Everything here reads /proc and ELF files only; nothing stops or changes the target.
 """
@@ -27,7 +27,7 @@ _LIBPYTHON = re.compile(r"libpython(\d+)\.(\d+)[a-z]*\.so")
 _PYTHON_EXE = re.compile(r"python(\d+)\.(\d+)")
 _NOT_FOUND_HINT = "check the PID with `ps`; inside a container, PIDs differ from the host's"
 _NOT_PYTHON_HINT = "async-inspect attaches to CPython 3.12+: pass the PID of the python process"
-_PERMISSION_HINT = (
+PERMISSION_HINT = (
     "run as root or with CAP_SYS_PTRACE; in a container add the SYS_PTRACE capability "
     "(docker run --cap-add SYS_PTRACE; Kubernetes: capabilities.add [SYS_PTRACE] and hostPID: true)"
 )
@@ -92,11 +92,15 @@ def process_state(pid: int) -> str:
     """Return the one-letter state of /proc/PID/stat (R, S, D, T, t, Z...); raise if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+            return _state_from_stat(f.read())
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessNotFound(f"no process with PID {pid}", hint=_NOT_FOUND_HINT) from None
+
+
+def _state_from_stat(stat: bytes) -> str:
     # The command name may contain spaces and parentheses: the state follows the last ')'.
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3].decode()
+    end = stat.rindex(b")")
+    return stat[end + 2 : end + 3].decode()
 
 
 def inspect_process(pid: int, *, allow_stopped: bool = False) -> TargetInfo:
@@ -116,7 +120,7 @@ def inspect_process(pid: int, *, allow_stopped: bool = False) -> TargetInfo:
         exe_in_target = os.readlink(f"/proc/{pid}/exe")
         other_ns = os.readlink("/proc/self/ns/mnt") != os.readlink(f"/proc/{pid}/ns/mnt")
     except PermissionError:
-        raise PermissionDenied(f"cannot read /proc/{pid}", hint=_PERMISSION_HINT) from None
+        raise PermissionDenied(f"cannot read /proc/{pid}", hint=PERMISSION_HINT) from None
     except (FileNotFoundError, ProcessLookupError):
         # Kernel threads have no exe; a vanished process has no /proc entry.
         if os.path.isdir(f"/proc/{pid}"):
@@ -129,6 +133,9 @@ def inspect_process(pid: int, *, allow_stopped: bool = False) -> TargetInfo:
             return f"/proc/{pid}/map_files/{start:x}-{end:x}"
         return root + path if other_ns else path
 
+    exe = root + exe_in_target if other_ns else exe_in_target
+    if exe_in_target.endswith(" (deleted)"):  # replaced on disk: /proc/PID/exe still opens it
+        exe = f"/proc/{pid}/exe"
     module, bias = _find_interpreter(pid, maps, exe_in_target, host_path)
     version, source = _read_version(pid, module, bias)
     if version[:2] < MINIMUM_VERSION:
@@ -144,7 +151,7 @@ def inspect_process(pid: int, *, allow_stopped: bool = False) -> TargetInfo:
         )
     return TargetInfo(
         pid=pid,
-        exe=root + exe_in_target if other_ns else exe_in_target,
+        exe=exe,
         version=version,
         version_source=source,
         python_module=module,
@@ -200,10 +207,10 @@ def _read_version(pid: int, module: str, bias: int) -> tuple[tuple[int, int, int
             pass
         if len(raw) != 4:
             raw = elf.read_at_vaddr(module, address, 4)
-        # Py_Version is an unsigned long, but its value fits the low 32 bits (x86-64: first 4).
-        value = int.from_bytes(raw, "little")
-        if value >> 24 == 3:
-            return ((value >> 24) & 0xFF, (value >> 16) & 0xFF, (value >> 8) & 0xFF), "Py_Version"
+        # Py_Version is an unsigned long whose value fits its low 32 bits (x86-64: first 4).
+        version = _decode_py_version(int.from_bytes(raw, "little"))
+        if version is not None:
+            return version, "Py_Version"
     match = _LIBPYTHON.search(os.path.basename(module)) or _PYTHON_EXE.search(module)
     if match is None:
         raise UnsupportedPython(
@@ -214,27 +221,50 @@ def _read_version(pid: int, module: str, bias: int) -> tuple[tuple[int, int, int
 
 
 def _remote_debug_disabled(pid: int) -> bool:
-    """Mirror CPython 3.14's startup check (PEP 768) on the target's initial env and argv."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")[1:]
+            argv = f.read().decode(errors="replace").split("\0")
         with open(f"/proc/{pid}/environ", "rb") as f:
             environ = f.read().split(b"\0")
     except OSError:
         return False
-    ignore_env = False
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "-m") or not arg.startswith("-") or arg == "-":
-            break  # what follows belongs to the program, not to the interpreter
-        if arg in ("-Xdisable_remote_debug", "-X") and (
-            arg != "-X" or argv[i + 1 : i + 2] == ["disable_remote_debug"]
-        ):
+    return _disables_remote_debug(argv, environ)
+
+
+def _disables_remote_debug(argv: list[str], environ: list[bytes]) -> bool:
+    """Apply CPython 3.14's startup rule (PEP 768) to a process's initial argv and environment."""
+    ignore_env, args = False, iter(argv[1:])
+    for arg in args:
+        if arg in ("-", "--") or not arg.startswith("-"):
+            break  # the script: what follows belongs to the program
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":
+                next(args, None)  # skip its value
+            continue
+        for i, flag in enumerate(arg[1:], start=2):
+            if flag in "XW":  # takes a value, attached or as the next argument
+                value = arg[i:] or next(args, "")
+                if flag == "X" and value == "disable_remote_debug":
+                    return True
+                break
+            if flag in "cm":
+                return not ignore_env and _env_disables(environ)
+            ignore_env = ignore_env or flag in "EI"  # -E, -I: PYTHON* variables are ignored
+    return not ignore_env and _env_disables(environ)
+
+
+def _env_disables(environ: list[bytes]) -> bool:
+    for variable in environ:
+        name, _, value = variable.partition(b"=")
+        if name == b"PYTHON_DISABLE_REMOTE_DEBUG" and value:  # any non-empty value disables
             return True
-        if not arg.startswith(("-X", "-W", "--")) and ("E" in arg or "I" in arg):
-            ignore_env = True  # -E / -I: PYTHON* variables are ignored
-    return not ignore_env and any(
-        var.startswith(b"PYTHON_DISABLE_REMOTE_DEBUG=") and var.split(b"=", 1)[1] for var in environ
-    )
+    return False
+
+
+def _decode_py_version(value: int) -> tuple[int, int, int] | None:
+    """(major, minor, micro) from a PY_VERSION_HEX such as 0x030C01F0, or None if it is not one."""
+    major, minor, micro = (value >> 24) & 0xFF, (value >> 16) & 0xFF, (value >> 8) & 0xFF
+    return (major, minor, micro) if major == 3 and value >> 32 == 0 else None
 
 
 def check_ptrace(pid: int) -> PtraceAccess:

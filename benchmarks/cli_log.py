@@ -8,10 +8,12 @@ from pathlib import Path
 
 __all__ = ["CliLog", "read_cli_log"]
 
-SUMMARY = re.compile(r"async-inspect: (\d+) spans from (\d+) process\(es\) exported")
+SUMMARY = re.compile(r"async-inspect: (\d+) spans from (\d+) process\(es\)")
+SUMMARY_LOST = re.compile(r"(\d+) of them never reached the endpoint")
 DROPPED = re.compile(r"agent dropped records: (.*)$")
 DROP_ITEM = re.compile(r"(\d+) \(([^)]+)\)")
-QUEUE_FULL = "Queue full, dropping"  # opentelemetry-sdk BatchSpanProcessor, once per span
+# The exporter's queue overflowed: the SDK's own warning, or the CLI's rate-limited one.
+QUEUE_FULL = ("Queue full, dropping", "the export queue is full")
 OBSERVING = "async-inspect: observing PID"
 KEEP = 5  # distinct unexpected lines kept per run
 
@@ -22,8 +24,9 @@ class CliLog:
 
     observed: bool = False  # an agent reported in ("observing PID ...")
     spans_handed: int | None = None  # the CLI's closing line: spans given to its outputs
+    spans_lost: int | None = None  # the same line: "N of them never reached the endpoint"
     agent_dropped: dict[str, int] = field(default_factory=dict)
-    queue_full: int = 0  # "Queue full" warnings of the CLI's batch processor (not one per span)
+    queue_full: int = 0  # "queue full" warnings of the CLI's exporter (rate-limited, not per span)
     unexpected: list[str] = field(default_factory=list)  # first distinct other lines
     unexpected_count: int = 0
 
@@ -43,10 +46,12 @@ def read_cli_log(path: Path) -> CliLog:
 def _take(log: CliLog, line: str) -> None:
     if line.startswith(OBSERVING):
         log.observed = True
-    elif QUEUE_FULL in line:
+    elif any(text in line for text in QUEUE_FULL):
         log.queue_full += 1
     elif match := SUMMARY.search(line):
         log.spans_handed = int(match.group(1))
+        if lost := SUMMARY_LOST.search(line):
+            log.spans_lost = int(lost.group(1))
     elif match := DROPPED.search(line):
         for count, reason in DROP_ITEM.findall(match.group(1)):
             log.agent_dropped[reason] = log.agent_dropped.get(reason, 0) + int(count)

@@ -17,6 +17,7 @@ class Window:
     seconds: float
     target_cpu_s: float | None  # user+system of the target process (all its threads)
     collector_cpu_s: float | None  # user+system of the async-inspect CLI (not its children)
+    receiver_cpu_s: float | None  # user+system of the OTLP receiver
     target_core_busy: float | None  # fraction of the target's CPU that was not idle
     load_core_busy: float | None  # same for the load generator's CPU (by default also the CLI's)
 
@@ -66,10 +67,11 @@ class Meter:
         self,
         target_pid: int,
         collector_pid: int | None,
+        receiver_pid: int,
         target_cpu: int | None,
         load_cpu: int | None,
     ) -> None:
-        self.pids = (target_pid, collector_pid)
+        self.pids = (target_pid, collector_pid, receiver_pid)
         self.cpus = (target_cpu, load_cpu)
         self._start = 0.0
         self._processes: tuple[float | None, ...] = ()
@@ -84,7 +86,7 @@ class Meter:
     def end(self) -> Window:
         """Close the window and say what it cost."""
         seconds = time.monotonic() - self._start
-        target, collector = (
+        target, collector, receiver = (
             _delta(before, _process_cpu(pid))
             for before, pid in zip(self._processes, self.pids, strict=True)
         )
@@ -92,4 +94,4 @@ class Meter:
             _busy(before, _core_times(cpu))
             for before, cpu in zip(self._cores, self.cpus, strict=True)
         )
-        return Window(seconds, target, collector, target_core, load_core)
+        return Window(seconds, target, collector, receiver, target_core, load_core)

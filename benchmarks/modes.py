@@ -95,7 +95,7 @@ MODES: dict[str, Mode] = {
         Mode("run-10pct", sampled("0.1"), under_cli=True, exported_share=0.1),
         Mode("run-1pct", sampled("0.01"), under_cli=True, exported_share=0.01),
         Mode("run-noexport", under_run("--no-tree"), under_cli=True, exported_share=0.0),
-        # ---- attach / detach modes: add here once `async-inspect attach|detach PID` lands ----
+        # ---- attach / detach modes: add here (`async-inspect attach|detach PID` exist) ----
         # The target starts as in `baseline`; `on_ready` runs once it printed READY (before
         # warm-up) and sets `started.collector` to the CLI process whose CPU is metered, e.g.
         #
@@ -103,7 +103,7 @@ MODES: dict[str, Mode] = {
         #       started.collector = ctx.children.start("attach", cli(ctx, "attach",
         #           str(started.target_pid), "--endpoint", ctx.endpoint,
         #           "--service-name", ctx.service))
-        #       ...wait for its "observing PID" status line on started.collector's stderr...
+        #       started.collector.expect_stderr("attached to PID", timeout=30)
         #
         #   def attach_then_detach(ctx: ModeContext, started: Started) -> None:
         #       attach(ctx, started)
@@ -113,6 +113,7 @@ MODES: dict[str, Mode] = {
         #   Mode("after-detach", baseline, under_cli=False, exported_share=0.0,
         #        on_ready=attach_then_detach),
         #
-        # The runner meters `started.collector`, reads its stderr, and stops every child.
+        # The runner meters `started.collector`, reads its stderr (cli_log.OBSERVING is the
+        # line that proves an agent reported: match attach's wording there), stops every child.
     )
 }

@@ -88,6 +88,19 @@ class Child:
             if line.startswith(prefix):
                 return line
 
+    def expect_stderr(self, text: str, timeout: float) -> None:
+        """Wait until `text` appears in its stderr file; BenchError on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr_path.read_text(errors="replace"):
+            if self.popen.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited ({self.popen.returncode}) before {text!r}; "
+                    f"stderr:\n{self.stderr_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: no {text!r} on stderr within {timeout:.0f}s")
+            time.sleep(0.05)
+
     def send(self, line: str) -> None:
         """Write one line to its stdin (ignored if it has gone)."""
         assert self.popen.stdin is not None

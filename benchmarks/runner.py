@@ -58,7 +58,7 @@ def measure_once(
         sample.error = str(exc)
         return sample
     try:
-        _drive(workload, mode, ctx, started, sample)
+        _drive(workload, mode, ctx, started, sample, receiver.child.pid)
     except BenchError as exc:
         sample.error = str(exc)
     finally:
@@ -82,7 +82,12 @@ def _launch(workload: Workload, mode: Mode, ctx: ModeContext, sample: Sample) ->
 
 
 def _drive(
-    workload: Workload, mode: Mode, ctx: ModeContext, started: Started, sample: Sample
+    workload: Workload,
+    mode: Mode,
+    ctx: ModeContext,
+    started: Started,
+    sample: Sample,
+    receiver_pid: int,
 ) -> None:
     """Wait for READY, run the mode's `on_ready`, measure, then let the target exit."""
     ready = started.outer.expect("READY", READY_TIMEOUT)
@@ -90,8 +95,12 @@ def _drive(
     if mode.on_ready is not None:
         mode.on_ready(ctx, started)
     collector_pid = started.collector.pid if started.collector is not None else None
-    meter = Meter(started.target_pid, collector_pid, ctx.target_cpu, ctx.load_cpu)
+    meter = Meter(started.target_pid, collector_pid, receiver_pid, ctx.target_cpu, ctx.load_cpu)
     sample.metrics, sample.window = workload.measure(started, ready, meter)
+    for metric in workload.metrics:
+        value = metric.derive(sample.metrics, sample.window.target_share)
+        if value is not None:
+            sample.metrics[metric.key] = value
     # Let the target (and the CLI around it) exit by itself, exports flushed.
     workload.finish(started)
     sample.exit_status = started.outer.wait(EXIT_TIMEOUT)

@@ -44,13 +44,15 @@ class ModeSummary:
     export_mbytes: Spread | None = None
     spans_handed: Spread | None = None  # the CLI's own count of spans it gave its outputs
     lost_in_cli: Spread | None = None  # handed on but never received (exporter queue full)
+    lost_reported: Spread | None = None  # what the CLI itself says it lost
     collector_cpu_s: Spread | None = None
     collector_cpu_share: Spread | None = None  # CPU seconds / window seconds
+    receiver_cpu_share: Spread | None = None
     target_share: Spread | None = None  # CPU the target process got / window seconds
     target_core_busy: Spread | None = None
     load_core_busy: Spread | None = None
     agent_dropped: dict[str, Spread | None] = field(default_factory=dict)
-    queue_full_runs: int = 0  # runs whose CLI warned "Queue full, dropping Span."
+    queue_full_runs: int = 0  # runs whose CLI warned that its export queue was full
     http_errors: Spread | None = None
     unexpected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -79,12 +81,12 @@ def _summarize_mode(
     summary = ModeSummary(workload, mode, rounds=len(runs))
     for metric in metrics:
         key = metric.key
-        summary.absolute[key] = spread([s.metrics[key] for s in good])
+        summary.absolute[key] = spread([s.metrics[key] for s in good if key in s.metrics])
         summary.ratios[key] = spread(
             [
                 s.metrics[key] / baselines[s.round].metrics[key]
                 for s in good
-                if s.round in baselines and baselines[s.round].metrics[key]
+                if key in s.metrics and s.round in baselines and baselines[s.round].metrics.get(key)
             ]
         )
     _add_costs(summary, good)
@@ -103,6 +105,13 @@ def _add_costs(summary: ModeSummary, good: Sequence[Sample]) -> None:
     cpu = [(w.collector_cpu_s, w.seconds) for w in windows if w.collector_cpu_s is not None]
     summary.collector_cpu_s = spread([c for c, _ in cpu])
     summary.collector_cpu_share = spread([c / w for c, w in cpu if w > 0])
+    summary.receiver_cpu_share = spread(
+        [
+            w.receiver_cpu_s / w.seconds
+            for w in windows
+            if w.receiver_cpu_s is not None and w.seconds
+        ]
+    )
     summary.target_share = spread([w.target_share for w in windows if w.target_share is not None])
     summary.target_core_busy = spread(
         [w.target_core_busy for w in windows if w.target_core_busy is not None]
@@ -128,6 +137,7 @@ def _add_logs(summary: ModeSummary, good: Sequence[Sample]) -> None:
             and s.received.requests  # a mode that exports
         ]
     )
+    summary.lost_reported = spread([g.spans_lost or 0 for g in logs if g.spans_handed is not None])
     summary.queue_full_runs = sum(1 for g in logs if g.queue_full)
     reasons = sorted({reason for g in logs for reason in g.agent_dropped})
     summary.agent_dropped = {

@@ -58,17 +58,18 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
 def _main_table(summaries: Sequence[ModeSummary], metrics: Sequence[Metric]) -> list[str]:
     header = ["mode"]
     for metric in metrics:
-        header += [f"{metric.unit} ratio med [min-max]", f"{metric.unit} med"]
+        header.append(f"{metric.unit} ratio med [min-max]")
+        if metric.per_cpu_of is None:  # a derived metric shows its ratio only
+            header.append(f"{metric.unit} med")
     header += ["spans recv/run", "CLI CPU (core%)", "target CPU", "load core"]
     rows = []
     for summary in summaries:
         row = [summary.mode]
         for metric in metrics:
-            digits = 2 if metric.key.endswith("_ms") else 0
-            row += [
-                _ratio(summary.ratios[metric.key]),
-                _number(summary.absolute[metric.key], digits),
-            ]
+            row.append(_ratio(summary.ratios[metric.key]))
+            if metric.per_cpu_of is None:
+                digits = 2 if metric.key.endswith("_ms") else 0
+                row.append(_number(summary.absolute[metric.key], digits))
         row += [
             _count_range(summary.spans_received),
             _cpu(summary),
@@ -93,15 +94,17 @@ def _log_table(summaries: Sequence[ModeSummary]) -> list[str]:
     if not under_cli:
         return []
     header = ["mode", "agent dropped/run", "CLI handed on/run", "lost in CLI/run",
-              "export reqs/run", "export MB/run"]  # fmt: skip
+              "CLI says lost/run", "export reqs/run", "export MB/run", "receiver CPU"]  # fmt: skip
     rows = [
         [
             s.mode,
             _drops(s),
             _number(s.spans_handed),
             _number(s.lost_in_cli),
+            _number(s.lost_reported),
             _number(s.export_requests),
             _number(s.export_mbytes, 1),
+            _percent(s.receiver_cpu_share),
         ]
         for s in under_cli
     ]
@@ -117,8 +120,8 @@ def _notes(summaries: Sequence[ModeSummary]) -> list[str]:
             lines.append(f"!  {s.workload} {s.mode} {warning}")
         if s.queue_full_runs:
             lines.append(
-                f"   {s.workload} {s.mode}: the CLI's BatchSpanProcessor warned 'Queue full, "
-                f"dropping Span.' in {s.queue_full_runs} of {s.rounds} runs"
+                f"   {s.workload} {s.mode}: the CLI warned that its export queue was full "
+                f"in {s.queue_full_runs} of {s.rounds} runs"
             )
         if s.http_errors is not None and s.http_errors.max:
             lines.append(f"!  {s.workload} {s.mode}: wrk saw errors (max {s.http_errors.max:,.0f})")

@@ -25,11 +25,18 @@ LINE_SLACK = 30.0  # seconds beyond the expected time before a target counts as 
 
 @dataclass(frozen=True)
 class Metric:
-    """One number a workload reports."""
+    """One number a workload reports (or, with `per_cpu_of`, one derived from it)."""
 
     key: str
     unit: str
     higher_is_better: bool
+    per_cpu_of: str | None = None  # this = that metric / CPU share the target got
+
+    def derive(self, metrics: dict[str, float], target_share: float | None) -> float | None:
+        """The derived value, if this metric is derived and can be computed."""
+        if self.per_cpu_of is None or not target_share or self.per_cpu_of not in metrics:
+            return None
+        return metrics[self.per_cpu_of] / target_share
 
 
 class Workload(Protocol):
@@ -66,7 +73,10 @@ class Chains:
     """W1: asyncio tasks awaiting a three-deep coroutine chain; chains per second."""
 
     name = "W1"
-    metrics: tuple[Metric, ...] = (Metric("chains_per_s", "chains/s", higher_is_better=True),)
+    metrics: tuple[Metric, ...] = (
+        Metric("chains_per_s", "chains/s", higher_is_better=True),
+        Metric("chains_per_cpu_s", "chains/CPU-s", True, per_cpu_of="chains_per_s"),
+    )
 
     def __init__(self, tasks: int, warmup: float, duration: float) -> None:
         self.tasks, self.warmup, self.duration = tasks, warmup, duration
@@ -99,6 +109,7 @@ class Http:
     name = "W2"
     metrics: tuple[Metric, ...] = (
         Metric("requests_per_s", "req/s", higher_is_better=True),
+        Metric("requests_per_cpu_s", "req/CPU-s", True, per_cpu_of="requests_per_s"),
         Metric("p99_ms", "p99 ms", higher_is_better=False),
     )
 

@@ -49,6 +49,7 @@ from .spans import (
     EVENTS,
     EVENTS_DROPPED,
     ID,
+    LINK,
     PARENT,
     POLLS,
     REMOTE,
@@ -65,6 +66,8 @@ from .spans import (
 __all__ = ["Tracker"]
 
 _getframe = sys._getframe
+_running_loop = asyncio.events._get_running_loop
+_current_task = asyncio.current_task
 _now = time.perf_counter_ns
 _native_thread = threading.get_native_id
 _thread_ident = threading.get_ident
@@ -73,6 +76,9 @@ _DISABLE = sys.monitoring.DISABLE
 _CHAIN_FLAGS = 0x0020 | 0x0080 | 0x0100 | 0x0200
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
 _MAX_WALK = 64
+# The event loop calls task steps and callbacks from here: nothing below is ours. (Compared
+# by identity: hashing a code object is costly, see Tracker.code_ids.)
+_LOOP_RUNNER = asyncio.events.Handle._run.__code__
 _POLL = wire.EVENT_POLL
 _WAKE = wire.EVENT_WAKE
 _BLOCKED = wire.EVENT_BLOCKED
@@ -89,7 +95,11 @@ class Tracker:
         self.tool = tool
         self._filter = code_filter
         self.open: dict[FrameType, S.Span] = {}
-        self.code_ids: dict[CodeType, int] = {}
+        # Keyed by id(code): a code object recomputes its hash (over its constants) on every
+        # lookup, thousands of instructions per callback. The objects are kept in _codes, so
+        # their ids cannot be reused while we hold them.
+        self.code_ids: dict[int, int] = {}
+        self._codes: list[CodeType] = []
         self.new_codes: deque[tuple[int, str, str, int, str]] = deque()
         self._code_table: list[tuple[int, str, str, int, str]] = []
         self.finished: deque[S.Span] = deque()
@@ -99,7 +109,8 @@ class Tracker:
         self.tasks_seen = 0
         self._task_frames: dict[FrameType, S.TaskInfo] = {}
         self._task_infos: dict[int, S.TaskInfo] = {}
-        self._wake_codes: set[CodeType] = set()
+        self._task_refs: dict[weakref.ref[Any], tuple[int, FrameType | None]] = {}
+        self._wake_codes: set[int] = set()  # ids of selector select() codes
         self._wake_times: dict[int, int] = {}
         self._span_ids = itertools.count(1).__next__
         self._task_ids = itertools.count(1).__next__
@@ -115,19 +126,22 @@ class Tracker:
         self._code_rates: dict[int, float] = {}  # sample rate of traces rooted there (rules)
         self._captures: dict[int, Capture] = {}  # attributes from arguments (rules)
         self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
+        self._last_loop: Any = None
+        self._factory_checks = 0
 
     # -- decisions made once per code object -------------------------------------------
 
     def consider(self, code: CodeType, module: str) -> int | None:
         """Code id if coroutines of `code` are traced (enabling its local events), else None."""
-        known = self.code_ids.get(code)
+        known = self.code_ids.get(id(code))
         if known is not None:
             return known
         wanted, rule = self._filter.decide(code, module)
         if not wanted:
             return None
         code_id = self._code_counter()
-        self.code_ids[code] = code_id
+        self.code_ids[id(code)] = code_id
+        self._codes.append(code)
         if rule is not None:
             if rule.sample_rate is not None:
                 self._code_rates[code_id] = float(rule.sample_rate)
@@ -154,8 +168,9 @@ class Tracker:
                      "KqueueSelector"):  # fmt: skip
             select = getattr(getattr(selectors, name, None), "select", None)
             code = getattr(select, "__code__", None)
-            if code is not None and code not in self._wake_codes:
-                self._wake_codes.add(code)
+            if code is not None and id(code) not in self._wake_codes:
+                self._wake_codes.add(id(code))
+                self._codes.append(code)
                 sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
 
     def all_codes(self) -> list[tuple[int, str, str, int, str]]:
@@ -164,14 +179,14 @@ class Tracker:
 
     def local_codes(self) -> list[CodeType]:
         """Every code object this tracker enabled local events on (for a clean stop)."""
-        return [*self.code_ids, *self._wake_codes]
+        return list(self._codes)
 
     # -- sys.monitoring callbacks (hot path) --------------------------------------------
 
     def on_start(self, code: CodeType, offset: int) -> Any:
         try:
             frame = _getframe(1)
-            code_id = self.code_ids.get(code)
+            code_id = self.code_ids.get(id(code))
             if code_id is None:
                 code_id = self.consider(code, frame.f_globals.get("__name__", "?"))
                 if code_id is None:
@@ -221,7 +236,7 @@ class Tracker:
             self.fault(exc)
 
     def on_throw(self, code: CodeType, offset: int, exc: BaseException) -> None:
-        if code not in self.code_ids:
+        if id(code) not in self.code_ids:
             return
         try:
             span = self.open.get(_getframe(1))
@@ -260,16 +275,17 @@ class Tracker:
 
     def on_return(self, code: CodeType, offset: int, value: object) -> None:
         try:
+            if id(code) in self._wake_codes:  # before _getframe: no frame made per select()
+                self._wake_times[_thread_ident()] = _now()
+                return
             span = self.open.pop(_getframe(1), None)
             if span is not None:
                 self._finish(span, _COMPLETED, _now(), None)
-            elif code in self._wake_codes:
-                self._wake_times[_thread_ident()] = _now()
         except Exception as exc:
             self.fault(exc)
 
     def on_unwind(self, code: CodeType, offset: int, exc: BaseException) -> None:
-        if code not in self.code_ids:
+        if id(code) not in self.code_ids:
             return
         try:
             span = self.open.pop(_getframe(1), None)
@@ -296,8 +312,8 @@ class Tracker:
         parent, info, same_task = where if where is not None else self._find_parent(frame)
         span_id = self._span_ids()
         remote = None
-        if parent is not None and t - parent[S.START] <= self._split_ns:
-            trace, parent_id, sampled = parent[S.TRACE], parent[S.ID], parent[S.SAMPLED]
+        if parent is not None and t - parent[START] <= self._split_ns:
+            trace, parent_id, sampled = parent[TRACE], parent[ID], parent[SAMPLED]
             link = None
             if parent[REMOTE] is not None:
                 remote = (parent[REMOTE][0], 0)
@@ -305,7 +321,7 @@ class Tracker:
             # A root, or a child of a long-lived span (a server loop, a worker): its own
             # trace, linked to where it came from, so no trace grows without end.
             trace, parent_id = span_id, 0
-            link = (parent[S.TRACE], parent[S.ID]) if parent is not None else None
+            link = (parent[TRACE], parent[ID]) if parent is not None else None
             app_parent = _app_otel_parent() if parent is None else None
             if app_parent is not None:  # the app's own OpenTelemetry span: join its trace
                 remote = (app_parent[0], app_parent[1])
@@ -314,7 +330,7 @@ class Tracker:
                 sampled = self._sample(code_id)
         if same_task:
             assert parent is not None
-            task_id, thread = parent[S.TASK], parent[S.THREAD]
+            task_id, thread = parent[TASK], parent[THREAD]
         else:
             task_id = info.id if info is not None else 0
             thread = _native_thread()
@@ -325,13 +341,13 @@ class Tracker:
             span_id, parent_id, trace, task_id, code_id, thread, t, flags, sampled,
             parent if same_task else None, info if not same_task else None,
         )  # fmt: skip
-        span[S.LINK] = link
+        span[LINK] = link
         span[REMOTE] = remote
         if sampled and code_id in self._captures:
             span[ATTRS] = self._capture(code_id, frame)
         if same_task:
             assert parent is not None
-            parent[S.CHILD] = span
+            parent[CHILD] = span
         elif info is not None:
             self.task_roots[span_id] = span
             self.meters.tasks_created += 1
@@ -357,8 +373,14 @@ class Tracker:
                 break  # left the await chain (the event loop called the task's step)
             back = back.f_back
         # A task our factory did not see. If it started eagerly, its creator is still on
-        # the stack below (create_task -> factory -> first step); else this finds nothing.
-        return self.find_open_span(back), self._current_task_info(), False
+        # the stack below (create_task -> factory -> first step); if the event loop called
+        # its step, nothing of ours is below and the search stops right there.
+        creator = (
+            self.find_open_span(back)
+            if back is not None and back.f_code is not _LOOP_RUNNER
+            else None
+        )
+        return creator, self._current_task_info(), False
 
     def _sample(self, code_id: int) -> bool:
         ratio = self._code_rates.get(code_id, self._ratio)
@@ -370,7 +392,7 @@ class Tracker:
 
     def _adopt(self, code: CodeType, frame: FrameType) -> None:
         """A traced coroutine resumed that started before we watched it: track it from now."""
-        code_id = self.code_ids.get(code)
+        code_id = self.code_ids.get(id(code))
         if code_id is None:
             return
         span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at)
@@ -439,28 +461,34 @@ class Tracker:
 
     def task_bound(self, info: S.TaskInfo, task: Any, coro: Any) -> None:
         """The factory returned `task` for `info`: remember it until the task is freed."""
-        frame = getattr(coro, "cr_frame", None)
-        key = id(task)
-        self._task_infos[key] = info
-        infos, frames = self._task_infos, self._task_frames
-
-        def forget(_: object) -> None:
-            infos.pop(key, None)
-            if frame is not None:
-                frames.pop(frame, None)
-
         try:
-            info.ref = weakref.ref(task, forget)
-        except TypeError:  # a task class without weakref support: keep the entry
+            info.ref = ref = weakref.ref(task, self._forget_task)
+        except TypeError:  # a task class without weakref support: never forgotten early
             info.ref = None
+            return
+        self._task_infos[id(task)] = info
+        self._task_refs[ref] = (id(task), getattr(coro, "cr_frame", None))
+
+    def _forget_task(self, ref: weakref.ref[Any]) -> None:
+        # One shared weakref callback (no closure per task): the task was freed.
+        key, frame = self._task_refs.pop(ref, (0, None))
+        self._task_infos.pop(key, None)
+        if frame is not None:
+            self._task_frames.pop(frame, None)
 
     def _current_task_info(self) -> S.TaskInfo | None:
-        loop = asyncio.events._get_running_loop()
+        loop = _running_loop()
         if loop is None:
             return None
-        if self.on_new_loop is not None:
-            self.on_new_loop(loop)  # a new loop, or the app replaced our factory: (re)wrap
-        task = asyncio.current_task(loop)
+        if loop is not self._last_loop or not self._factory_checks:
+            # A new loop, or now and then (every 256 roots) in case the app replaced our
+            # task factory: (re)wrap it. Not on every root: aiohttp makes one per request.
+            self._last_loop = loop
+            self._factory_checks = 256
+            if self.on_new_loop is not None:
+                self.on_new_loop(loop)
+        self._factory_checks -= 1
+        task = _current_task(loop)
         return self.info_for(task) if task is not None else None
 
     def info_for(self, task: Any) -> S.TaskInfo:
@@ -496,9 +524,10 @@ class Tracker:
         return made
 
     def find_open_span(self, frame: FrameType | None) -> S.Span | None:
-        """The innermost traced span among `frame` and its callers (for a task's creator)."""
+        """The innermost traced span among `frame` and its callers (for a task's creator),
+        not looking past the event loop's callback runner: below it are no spans of ours."""
         for _ in range(_MAX_WALK):
-            if frame is None:
+            if frame is None or frame.f_code is _LOOP_RUNNER:
                 return None
             span = self.open.get(frame)
             if span is not None:
@@ -544,6 +573,7 @@ class Tracker:
         self.finished.clear()
         self._task_frames.clear()
         self._task_infos.clear()
+        self._task_refs.clear()
         self._wake_times.clear()
 
     def _drop(self, reason: str) -> None:

@@ -59,6 +59,13 @@ _GDB_SETTINGS = [  # given with -iex, so they hold before gdb reads anything
     "set debug-file-directory",
 ]  # fmt: skip
 _GDB_ARGUMENTS = ["-nx", "-batch", "-q", *(f"-iex={s}" for s in _GDB_SETTINGS)]
+
+
+def _sysroot(target: TargetInfo) -> list[str]:
+    # gdb reads the target's files (libc's symbols, its .eh_frame) from the target's own root
+    # through /proc/PID/root. Left to itself, gdb would setns() into the target's mount
+    # namespace, which needs CAP_SYS_ADMIN: a DaemonSet has only SYS_PTRACE and friends.
+    return [f"-iex=set sysroot {target.root}"]
 _ERROR_NAME = "__async_inspect_error__"  # must match ERROR_NAME in _gdb_script.py
 _GRACE = 10.0  # seconds past the deadline for gdb to finish a call in progress and detach
 _ABORT_WAIT = 5.0  # seconds to wait for gdb to detach after we asked it to stop
@@ -94,7 +101,7 @@ def inject_with_gdb(target: TargetInfo, code: str, *, timeout: float = 5.0) -> s
                 Path(tmp, "plan.json").write_text(json.dumps(plan))  # private: tmp is 0700
                 with open(Path(tmp, "gdb.log"), "wb") as log:
                     session.proc = subprocess.Popen(
-                        [gdb, *_GDB_ARGUMENTS, "-x", str(GDB_SCRIPT)],
+                        [gdb, *_GDB_ARGUMENTS, *_sysroot(target), "-x", str(GDB_SCRIPT)],
                         env=_gdb_environment(Path(tmp, "plan.json")),
                         stdin=subprocess.DEVNULL,
                         stdout=log,

@@ -381,3 +381,64 @@ def test_doctor_reports_a_target(targets: list[Target]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+CHART_CAPABILITIES = "-all,+sys_ptrace,+chown,+dac_override,+fowner,+kill"
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or shutil.which("setpriv") is None or os.geteuid() != 0,
+    reason="needs root, unshare and setpriv to stand in for a container",
+)
+@pytest.mark.parametrize("version", interpreter_params())
+def test_attach_from_a_container_with_only_the_charts_capabilities(
+    version: str, receiver: OtlpReceiver, targets: list[Target], tmp_path: Path
+) -> None:
+    # GIVEN a target in its own mount + PID namespaces ("a pod"), and the CLI in yet another
+    # mount namespace holding only the capabilities the Helm chart grants ("the DaemonSet")
+    wrapper = tmp_path / "pod.sh"
+    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
+    prefix = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        str(wrapper),
+    ]
+    target = Target(INTERPRETERS[version], "idle", prefix=prefix)
+    targets.append(target)
+    pid = _descendant(target.pid)
+    caps = CHART_CAPABILITIES
+    session = Session(pid, "--endpoint", receiver.endpoint, "--no-tree")
+    session.process.kill()
+    session.process.wait()
+    session.process = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "setpriv",
+            f"--inh-caps={caps}",
+            f"--ambient-caps={caps}",
+            f"--bounding-set={caps}",
+            *CLI,
+            "attach",
+            str(pid),
+            "--endpoint",
+            receiver.endpoint,
+            "--no-tree",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # WHEN it attaches (gdb without CAP_SYS_ADMIN must read the target's files itself)
+    session.wait_for("attached")
+    assert target.send("request") == "ok"
+    status, stderr = session.interrupt()
+    # THEN it works end to end and leaves nothing behind
+    assert status == 0, stderr
+    receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+    assert target.probe()["modules"] == []

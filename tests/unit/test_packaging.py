@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from collector.settings import OPTIONS, resolve
+from profiler.cli.collector import _DAEMON_KEYS
 from tests.conftest import ROOT
 
 helm_python = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
@@ -45,7 +46,8 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 CHART_OWNED_SETTINGS = {"headers", "metrics_port", "metrics_address"}
 SELECTION_KEYS = {"annotation", "label", "namespace", "container", "env", "command", "executable",
                   "service"}  # fmt: skip
-COLLECTOR_KEYS = {"interval", "max_processes", "orphan_timeout"}
+# What the daemon reads from [collector] (node_name comes from the downward API instead).
+COLLECTOR_KEYS = _DAEMON_KEYS - {"node_name"}
 
 
 def tool(name: str) -> str | None:

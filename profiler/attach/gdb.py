@@ -66,6 +66,8 @@ def _sysroot(target: TargetInfo) -> list[str]:
     # through /proc/PID/root. Left to itself, gdb would setns() into the target's mount
     # namespace, which needs CAP_SYS_ADMIN: a DaemonSet has only SYS_PTRACE and friends.
     return [f"-iex=set sysroot {target.root}"]
+
+
 _ERROR_NAME = "__async_inspect_error__"  # must match ERROR_NAME in _gdb_script.py
 _GRACE = 10.0  # seconds past the deadline for gdb to finish a call in progress and detach
 _ABORT_WAIT = 5.0  # seconds to wait for gdb to detach after we asked it to stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -48,6 +49,22 @@ def _find_interpreters() -> dict[str, str]:
 
 
 INTERPRETERS = _find_interpreters()
+_COPIES = Path("/var/tmp") / f"async-inspect-test-targets-{os.getpid()}"
+
+
+def outside_tmp(path: Path) -> Path:
+    """`path`, or a copy of it outside /tmp if it lies there: a namespaced target ("a
+    container") gets a private tmpfs on /tmp, which would hide a checkout under /tmp."""
+    if not str(path.resolve()).startswith("/tmp/"):
+        return path
+    if not _COPIES.exists():
+        _COPIES.mkdir(parents=True)
+        atexit.register(shutil.rmtree, _COPIES, True)
+    copy = _COPIES / path.name
+    shutil.copy2(path, copy)
+    return copy
+
+
 TARGET_VERSIONS = [v for v in ("3.12", "3.13", "3.14") if v in INTERPRETERS]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params
+from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params, outside_tmp
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ATTACH_LATENCY = 2.0  # from injection start: the requirement
@@ -28,7 +28,7 @@ class Target:
 
     def __init__(self, python: str, mode: str, prefix: list[str] | None = None, **env: str):
         self.process = subprocess.Popen(
-            [*(prefix or []), python, str(TARGETS / "probe_app.py"), mode],
+            [*(prefix or []), python, str(outside_tmp(TARGETS / "probe_app.py")), mode],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -4,6 +4,7 @@ could not ship, reconnects by itself, and the drop count reaches the user."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
@@ -65,7 +66,8 @@ class Collector:
             for connection in list(self.hub.connections):
                 connection.writer.close()
             await asyncio.sleep(0.1)
-            os.unlink(self.path)
+            with contextlib.suppress(FileNotFoundError):  # 3.13+ servers remove it themselves
+                os.unlink(self.path)
 
         self._run(close())
 

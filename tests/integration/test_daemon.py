@@ -23,7 +23,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from tests.conftest import CLI, INTERPRETERS, TARGETS
+from tests.conftest import CLI, INTERPRETERS, TARGETS, outside_tmp
 from tests.otlp_receiver import OtlpReceiver
 
 CGROUP = Path("/sys/fs/cgroup/pids")
@@ -43,7 +43,8 @@ class Container:
         self.id = secrets.token_hex(32)
         self.cgroup = CGROUP / "async-inspect-test" / self.id
         self.cgroup.mkdir(parents=True)
-        inner = f"mount -t tmpfs tmpfs /tmp && exec {python} {TARGETS / 'probe_app.py'} idle"
+        script = outside_tmp(TARGETS / "probe_app.py")
+        inner = f"mount -t tmpfs tmpfs /tmp && exec {python} {script} idle"
         self.process = subprocess.Popen(
             [
                 "sh",

@@ -36,6 +36,7 @@ from profiler.errors import (
     ProcessStopped,
     UnsupportedPython,
 )
+from tests.conftest import outside_tmp
 
 TARGETS = Path(__file__).parents[1] / "targets"
 # Records when it ran (the default is evaluated right then), then reports from a thread: in a
@@ -332,7 +333,8 @@ def test_target_in_another_mount_namespace(spawn, listener) -> None:
     # A fresh tmpfs on /tmp makes the target's file system view really differ from ours.
     shell = 'mount -t tmpfs tmpfs /tmp && exec "$0" "$@"'
     unshare = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    target = spawn(*unshare, "sh", "-c", shell, python, str(TARGETS / "asyncio_loops.py"), "idle")
+    script = outside_tmp(TARGETS / "asyncio_loops.py")  # a checkout under /tmp is hidden
+    target = spawn(*unshare, "sh", "-c", shell, python, str(script), "idle")
     (child,) = psutil.Process(target.pid).children()
     try:
         info = inspect_process(child.pid)

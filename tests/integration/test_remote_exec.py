@@ -40,6 +40,7 @@ from profiler.errors import (
     RemoteDebugDisabled,
     UnsupportedPython,
 )
+from tests.conftest import outside_tmp
 
 PY314_ROOT = Path("/opt/python3.14")
 PY314 = PY314_ROOT / "usr/bin/python3.14"
@@ -104,7 +105,7 @@ def spawn() -> Iterator[Spawn]:
             # A private /tmp, and the interpreter at a path that does not exist out here.
             inner = (
                 f"mount -t tmpfs tmpfs /tmp && mkdir /tmp/py && mount --bind {PY314_ROOT} /tmp/py"
-                f" && exec /tmp/py/usr/bin/python3.14 {APP} {mode}"
+                f" && exec /tmp/py/usr/bin/python3.14 {outside_tmp(APP)} {mode}"
             )
             unshare = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
             command = [*unshare, "sh", "-c", inner]

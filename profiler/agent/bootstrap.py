@@ -6,6 +6,14 @@ library, defines no module, and never raises. The collector answers its BOOT fra
 the agent's source, which is loaded from memory under the private package `_async_inspect`
 (the target may have its own `profiler` package), so nothing has to exist on the target's
 filesystem: a target in a container needs only to reach the socket.
+
+The compiled callbacks (`_accel`, see agent/accelerator.py) come in the same frame, as the
+bytes of the host's binary. A shared object must be mapped from a file, so the bootstrap
+uses the first of: the host's own file, if this process sees the very same bytes at that
+path (`run`, or `attach` outside a container); an anonymous memfd (nothing on any file
+system, fine with a read-only or noexec /tmp); a file in the private folder of the socket,
+deleted as soon as it is mapped. If none loads (another libc or architecture...), the agent
+runs its pure-Python callbacks and says why.
 """
 
 from __future__ import annotations
@@ -81,7 +89,7 @@ def _boot(address: str, token: str, mode: str, timeout: float) -> bool:
         if agent_module is not None and not _replace(agent_module, sock):
             sock.close()
             return False
-        package = _load(body["modules"])
+        package = _load(body["modules"], body.get("accelerator"), address)
         started = package.start(sock, address, body["settings"], token, mode)
         return started is not None
     except BaseException:
@@ -149,16 +157,28 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _load(modules: dict[str, tuple[str, bool]]) -> Any:
-    """Import the agent from `modules` ({relative name: (source, is_package)}), in memory."""
+def _load(
+    modules: dict[str, tuple[str, bool]],
+    accelerator: dict[str, Any] | None = None,
+    address: str = "",
+) -> Any:
+    """Import the agent from `modules` ({relative name: (source, is_package)}), in memory,
+    and its compiled callbacks from `accelerator` ({"path", "data"} or {"reason"})."""
     import importlib
     import importlib.abc
     import importlib.machinery
     import importlib.util
     import types
 
+    extension = PACKAGE + ".agent._accel"
+
     class MemoryLoader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def __init__(self) -> None:
+            self.extension_loader: Any = None
+
         def find_spec(self, fullname: str, path: object = None, target: object = None) -> Any:
+            if fullname == extension:
+                return importlib.util.spec_from_loader(fullname, self)
             entry = (
                 modules.get(fullname[len(PACKAGE) + 1 :])
                 if fullname.startswith(PACKAGE + ".")
@@ -168,10 +188,18 @@ def _load(modules: dict[str, tuple[str, bool]]) -> Any:
                 return None
             return importlib.util.spec_from_loader(fullname, self, is_package=entry[1])
 
-        def create_module(self, spec: Any) -> None:
-            return None
+        def create_module(self, spec: Any) -> Any:
+            if spec.name != extension:
+                return None
+            module, self.extension_loader, spec.origin, spec.loader_state = _load_extension(
+                spec.name, accelerator, address
+            )
+            return module
 
         def exec_module(self, module: ModuleType) -> None:
+            if module.__name__ == extension:
+                self.extension_loader.exec_module(module)
+                return
             relative = module.__name__[len(PACKAGE) + 1 :]
             source, is_package = modules[relative]
             filename = "<async-inspect agent>/" + relative.replace(".", "/")
@@ -192,3 +220,87 @@ def _load(modules: dict[str, tuple[str, bool]]) -> Any:
         raise
     finally:
         sys.meta_path.remove(finder)
+
+
+def _load_extension(
+    name: str, accelerator: dict[str, Any] | None, address: str
+) -> tuple[Any, Any, str, str]:
+    """(module, loader, path, which place) of the compiled callbacks, from the first place
+    this process can map them; ImportError with every reason if none. Leaves no file."""
+    import importlib.machinery
+    import importlib.util
+
+    if not accelerator or not accelerator.get("data"):
+        raise ImportError((accelerator or {}).get("reason") or "not shipped by the collector")
+    errors = []
+    for where, place in (
+        ("host file", _host_file),
+        ("memfd", _memory_file),
+        ("socket folder", _folder_file),
+    ):
+        try:
+            path, done = place(accelerator, address)
+        except Exception as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        try:
+            loader = importlib.machinery.ExtensionFileLoader(name, path)
+            spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+            return loader.create_module(spec), loader, path, where  # type: ignore[arg-type]
+        except Exception as exc:  # another libc, another architecture, noexec...
+            errors.append(f"{where}: {exc}")
+        finally:
+            done()
+    raise ImportError("; ".join(errors))
+
+
+def _host_file(accelerator: dict[str, Any], address: str) -> tuple[str, Any]:
+    # The host's own binary, if this process sees the same bytes at the same path.
+    path, data = accelerator.get("path") or "", accelerator["data"]
+    with open(path, "rb") as handle:
+        if handle.read(len(data) + 1) != data:
+            raise ValueError("another file at the host's path")
+    return path, lambda: None
+
+
+def _memory_file(accelerator: dict[str, Any], address: str) -> tuple[str, Any]:
+    # MFD_EXEC (0x10): kernels that restrict executable memfds want it said; older ones
+    # refuse the unknown flag, so ask again without it.
+    try:
+        fd = os.memfd_create("async-inspect-accel", os.MFD_CLOEXEC | 0x10)
+    except OSError:
+        fd = os.memfd_create("async-inspect-accel", os.MFD_CLOEXEC)
+    try:
+        _write_all(fd, accelerator["data"])
+    except BaseException:
+        os.close(fd)
+        raise
+    return f"/proc/self/fd/{fd}", lambda: os.close(fd)  # the mapping outlives the fd
+
+
+def _folder_file(accelerator: dict[str, Any], address: str) -> tuple[str, Any]:
+    import tempfile
+
+    folder = os.path.dirname(address) if address and not address.startswith("@") else None
+    fd, path = tempfile.mkstemp(prefix="_accel-", suffix=".abi3.so", dir=folder)
+    try:
+        _write_all(fd, accelerator["data"])
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+    def remove() -> None:  # the mapping outlives the file
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    return path, remove
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -55,6 +55,36 @@ class Meters:
             self.polls += span[_POLLS]
             self.busy_ns += span[_BUSY]
 
+    def merge(
+        self,
+        histograms: list[tuple[int, int, int, tuple[int, ...]]],
+        polls: int,
+        busy_ns: int,
+        longest_step_ns: int,
+        slow_steps: tuple[int, ...],
+        tasks_created: int,
+        tasks_finished: tuple[int, ...],
+    ) -> None:
+        """Add what the compiled callbacks counted since they were last asked (see
+        accelerator.py): the same sums `span_finished`, `step` and the tracker would make."""
+        for key, count, total, buckets in histograms:
+            histogram = self._spans.get(key)
+            if histogram is None:
+                histogram = self._spans[key] = [0] * _WIDTH
+            histogram[0] += count
+            histogram[1] += total
+            for index, hits in enumerate(buckets):
+                histogram[2 + index] += hits
+            self._dirty.add(key)
+        self.polls += polls
+        self.busy_ns += busy_ns
+        self.longest_step_ns = max(self.longest_step_ns, longest_step_ns)
+        for index, hits in enumerate(slow_steps):
+            self.slow_steps[index] += hits
+        self.tasks_created += tasks_created
+        for state, hits in enumerate(tasks_finished):
+            self.tasks_finished[state] += hits
+
     def resend_all(self) -> None:
         """A new collector knows nothing: the next snapshot carries every histogram."""
         self._dirty.update(self._spans)

@@ -8,7 +8,6 @@ pays for one PY_START callback returning DISABLE. PY_UNWIND and PY_THROW cannot 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from types import CodeType
 
 from .tracker import Tracker
@@ -52,17 +51,9 @@ class Installation:
         self.active = False
 
     def install(self) -> None:
-        """Register the callbacks and enable the global events."""
-        t = self.tracker
-        callbacks: dict[int, Callable[..., object]] = {
-            _E.PY_START: t.on_start,
-            _E.PY_RESUME: t.on_resume,
-            _E.PY_THROW: t.on_throw,
-            _E.PY_YIELD: t.on_yield,
-            _E.PY_RETURN: t.on_return,
-            _E.PY_UNWIND: t.on_unwind,
-        }
-        for event, callback in callbacks.items():
+        """Register the callbacks (Python or compiled: the tracker's) and enable the global
+        events."""
+        for event, callback in self.tracker.callbacks().items():
             _mon.register_callback(self.tool, event, callback)
         _mon.set_events(self.tool, GLOBAL_EVENTS)
         self.active = True

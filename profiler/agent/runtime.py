@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 from .. import wire
+from .accelerator import AcceleratedTracker, new_tracker
 from .channel import Channel, connect
 from .codefilter import CodeFilter
 from .monitoring import Installation, NoFreeToolId, claim_tool_id
@@ -62,6 +63,7 @@ class Agent:
         self._stop_lock = threading.Lock()
         self.stopped = False
         self.tracker: Tracker | None = None
+        self.accelerator = ""  # which callbacks run, and why (HELLO)
         self._installation: Installation | None = None
         self._watcher: LoopWatcher | None = None
         self._sender: Sender | None = None
@@ -84,7 +86,7 @@ class Agent:
             self._channel.send(wire.ERROR, ("no_free_tool_id", str(exc)))
             self._channel.close()
             return False
-        tracker = Tracker(self.settings, CodeFilter(self.settings), tool)
+        tracker, self.accelerator = new_tracker(self.settings, CodeFilter(self.settings), tool)
         watcher = LoopWatcher(tracker)
         tracker.on_new_loop = watcher.ensure
         installation = Installation(tool, tracker)
@@ -123,6 +125,8 @@ class Agent:
             "loops": self._loops,
             "adopted_spans": self._adopted,
             "free_threaded": not getattr(sys, "_is_gil_enabled", lambda: True)(),
+            "accelerator": isinstance(tracker, AcceleratedTracker),
+            "accelerator_detail": self.accelerator,
         }
 
     def stop(self, reason: str) -> None:
@@ -198,6 +202,9 @@ def _program_name() -> str:
 
 def _forget_private_modules() -> None:
     # Only the private copy loaded into a target is removed; tests import us as `profiler`.
+    # That includes the compiled callbacks (`_async_inspect.agent._accel`): an extension
+    # cannot be unloaded, so its code stays mapped, but nothing refers to it any more (its
+    # callbacks are unregistered, its Hooks freed with the tracker) and no import finds it.
     root = __name__.split(".", 1)[0]
     if not root.startswith("_async_inspect"):
         return

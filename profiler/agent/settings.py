@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["AgentSettings"]
+__all__ = ["ACCELERATOR_ENV", "AgentSettings", "accelerator_disabled"]
+
+ACCELERATOR_ENV = "ASYNC_INSPECT_ACCELERATOR"
+"""`0` (or false/no/off) never loads the compiled callbacks: the pure-Python ones run.
+Read in the target's environment (so `run` passes it on) and on the host that ships the
+agent (so it covers `attach` too)."""
+
+
+def accelerator_disabled(environ: Mapping[str, str]) -> bool:
+    """True if `environ` asks for the pure-Python callbacks."""
+    return environ.get(ACCELERATOR_ENV, "").strip().lower() in ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class AgentSettings:
     """Per-function rules (match, sample_rate, exclude, captures), first match wins."""
     max_attribute_values: int = 50
     """Distinct values per captured attribute; beyond it the value is `__overflow__`."""
+    accelerator: bool = True
+    """Use the compiled callbacks when they load in the target (else pure Python, the same
+    spans). False when the host has ASYNC_INSPECT_ACCELERATOR=0, see `profiler.payload`."""
     orphan_timeout: float = 0.0
     """Detach by itself after the collector has been unreachable this long (0: never).
     An attach session's socket dies with its CLI; a node daemon comes back on restart."""

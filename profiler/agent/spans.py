@@ -43,6 +43,7 @@ CHILD = 22  # the span this one awaits right now, or None: events go to the inne
 SAMPLED = 23  # bool, decided once per trace root
 TASK_INFO = 24  # TaskInfo on a task's first span, else None
 BLOCKED_AT = 25  # perf ns of the last suspension of the innermost span
+FIELDS = 26  # the list's length (the compiled callbacks check this layout, accelerator.py)
 
 
 def new_span(

@@ -183,6 +183,18 @@ class Tracker:
 
     # -- sys.monitoring callbacks (hot path) --------------------------------------------
 
+    def callbacks(self) -> dict[int, Callable[..., object]]:
+        """The sys.monitoring callback of each event this tracker handles."""
+        events = sys.monitoring.events
+        return {
+            events.PY_START: self.on_start,
+            events.PY_RESUME: self.on_resume,
+            events.PY_THROW: self.on_throw,
+            events.PY_YIELD: self.on_yield,
+            events.PY_RETURN: self.on_return,
+            events.PY_UNWIND: self.on_unwind,
+        }
+
     def on_start(self, code: CodeType, offset: int) -> Any:
         try:
             frame = _getframe(1)

@@ -9,7 +9,26 @@ from collector.ingest import Notice
 from collector.service import Summary
 from collector.settings import Settings
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "callbacks_note"]
+
+
+def callbacks_note(hello: dict[str, object]) -> str:
+    """`accelerated`, or why the agent in a process runs its pure-Python callbacks."""
+    if "accelerator" not in hello:  # an agent from before the accelerator
+        return "pure Python"
+    if hello["accelerator"]:
+        return "accelerated"
+    detail = str(hello.get("accelerator_detail") or "")
+    return "pure Python: " + (detail if len(detail) <= 120 else detail[:117] + "...")
+
+
+# How the closing line words each reason the OTLP exporter counts spans as lost.
+_REASONS = {
+    "queue_full": "dropped because the export queue was full",
+    "export_failed": "in exports that failed after retries",
+    "rejected": "rejected by the endpoint",
+    "shutdown": "still queued at exit",
+}
 
 
 class Reporter:
@@ -36,7 +55,8 @@ class Reporter:
             session = notice.session
             python = session.hello.get("python", "?") if session is not None else "?"
             service = session.service_name if session is not None else "?"
-            self.say(f"observing PID {notice.pid} (Python {python}, service {service})")
+            note = callbacks_note(session.hello) if session is not None else "?"
+            self.say(f"observing PID {notice.pid} (Python {python}, service {service}, {note})")
         elif notice.kind in ("agent_error", "protocol_error"):
             self.agent_errors.append(notice.message)
             self.error(f"PID {notice.pid}: {notice.message}")
@@ -57,7 +77,12 @@ class Reporter:
         if summary.malformed:
             line += f"; {summary.malformed} malformed records skipped"
         if summary.lost:
-            self.error(f"{line}; {summary.lost} of them never reached the endpoint")
+            reasons = ", ".join(
+                f"{count} {_REASONS.get(reason, reason)}"
+                for reason, count in summary.lost_by_reason
+            )
+            line += f"; {summary.lost} of them never reached the endpoint"
+            self.error(f"{line} ({reasons})" if reasons else line)
         elif not summary.flushed:
             self.error(f"{line}; some outputs could not be flushed (see warnings above)")
         else:

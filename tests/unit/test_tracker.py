@@ -1,21 +1,53 @@
-"""The task tracker's span logic, in-process with real sys.monitoring (no socket)."""
+"""The task tracker's span logic, in-process with real sys.monitoring (no socket).
+
+Every test runs twice: with the pure-Python callbacks and with the compiled ones
+(`profiler.agent.accelerator`), which must make the very same spans.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from profiler import wire
+from profiler.agent import accelerator
 from profiler.agent import spans as S
 from profiler.agent.codefilter import CodeFilter
 from profiler.agent.monitoring import Installation, NoFreeToolId, claim_tool_id
 from profiler.agent.settings import AgentSettings
 from profiler.agent.tasks import LoopWatcher
 from profiler.agent.tracker import Tracker
+
+COMPILED, COMPILED_WHY = accelerator.available()
+
+
+def python_tracker(settings: AgentSettings, tool: int) -> Tracker:
+    return Tracker(settings, CodeFilter(settings), tool)
+
+
+def compiled_tracker(settings: AgentSettings, tool: int) -> Tracker:
+    tracker, _ = accelerator.new_tracker(settings, CodeFilter(settings), tool)
+    assert isinstance(tracker, accelerator.AcceleratedTracker)
+    return tracker
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(python_tracker, id="python"),
+        pytest.param(
+            compiled_tracker,
+            id="compiled",
+            marks=pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {COMPILED_WHY}"),
+        ),
+    ]
+)
+def new_tracker(request: pytest.FixtureRequest) -> Callable[[AgentSettings, int], Tracker]:
+    factory: Callable[[AgentSettings, int], Tracker] = request.param
+    return factory
 
 
 class Traced:
@@ -42,22 +74,30 @@ class Traced:
         return [wire.EVENT_NAMES[flat[i]] for i in range(0, len(flat), 3)]
 
 
-def trace(main: Callable[[], Coroutine[Any, Any, Any]], **settings: Any) -> Traced:
-    agent_settings = AgentSettings(**settings)
-    tool = claim_tool_id("async-inspect-test")
-    tracker = Tracker(agent_settings, CodeFilter(agent_settings), tool)
-    watcher = LoopWatcher(tracker)
-    tracker.on_new_loop = watcher.ensure
-    installation = Installation(tool, tracker)
-    installation.install()
-    tracker.watch_selector_wakeups()
-    try:
-        asyncio.run(main())
-    finally:
-        installation.remove()
-        watcher.restore_all()
-    assert tracker.internal_errors == 0, tracker.last_error
-    return Traced(tracker)
+class Trace(Protocol):
+    def __call__(self, main: Callable[[], Coroutine[Any, Any, Any]], **settings: Any) -> Traced: ...
+
+
+@pytest.fixture
+def trace(new_tracker: Callable[[AgentSettings, int], Tracker]) -> Trace:
+    def run(main: Callable[[], Coroutine[Any, Any, Any]], **settings: Any) -> Traced:
+        agent_settings = AgentSettings(**settings)
+        tool = claim_tool_id("async-inspect-test")
+        tracker = new_tracker(agent_settings, tool)
+        watcher = LoopWatcher(tracker)
+        tracker.on_new_loop = watcher.ensure
+        installation = Installation(tool, tracker)
+        installation.install()
+        tracker.watch_selector_wakeups()
+        try:
+            asyncio.run(main())
+        finally:
+            installation.remove()
+            watcher.restore_all()
+        assert tracker.internal_errors == 0, tracker.last_error
+        return Traced(tracker)
+
+    return run
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +115,9 @@ async def middle() -> int:
     return await leaf()
 
 
-def test_awaited_coroutines_are_child_spans_and_tasks_children_of_their_creator() -> None:
+def test_awaited_coroutines_are_child_spans_and_tasks_children_of_their_creator(
+    trace: Trace,
+) -> None:
     async def main() -> None:
         await middle()
         await asyncio.create_task(middle(), name="spawned")
@@ -97,7 +139,7 @@ def test_awaited_coroutines_are_child_spans_and_tasks_children_of_their_creator(
     assert {s[wire.SPAN_TRACE] for s in traced.spans} == {main_span[wire.SPAN_ID]}
 
 
-def test_eager_task_factory_stays_eager_and_keeps_the_parent() -> None:
+def test_eager_task_factory_stays_eager_and_keeps_the_parent(trace: Trace) -> None:
     started_eagerly: list[bool] = []
 
     async def child() -> None:
@@ -114,7 +156,7 @@ def test_eager_task_factory_stays_eager_and_keeps_the_parent() -> None:
     assert traced.parent_name(traced.one("child")).endswith("main")
 
 
-def test_failed_and_cancelled_spans() -> None:
+def test_failed_and_cancelled_spans(trace: Trace) -> None:
     async def boom() -> None:
         await asyncio.sleep(0)
         raise KeyError("missing")
@@ -143,7 +185,7 @@ def test_failed_and_cancelled_spans() -> None:
     assert traced.events(cancelled)[-1] == "cancelled"
 
 
-def test_children_of_a_long_lived_span_start_linked_traces() -> None:
+def test_children_of_a_long_lived_span_start_linked_traces(trace: Trace) -> None:
     async def main() -> None:
         await leaf()
         await asyncio.sleep(0.05)
@@ -157,7 +199,7 @@ def test_children_of_a_long_lived_span_start_linked_traces() -> None:
     assert late[wire.SPAN_LINK] == (main_span[wire.SPAN_TRACE], main_span[wire.SPAN_ID])
 
 
-def test_event_cap_counts_what_it_drops_but_keeps_the_outcome() -> None:
+def test_event_cap_counts_what_it_drops_but_keeps_the_outcome(trace: Trace) -> None:
     async def chatty() -> None:
         for _ in range(50):
             await asyncio.sleep(0)
@@ -174,7 +216,7 @@ def test_event_cap_counts_what_it_drops_but_keeps_the_outcome() -> None:
     assert span[wire.SPAN_POLLS] == 51
 
 
-def test_bounded_memory_counts_drops() -> None:
+def test_bounded_memory_counts_drops(trace: Trace) -> None:
     async def main() -> None:
         for _ in range(30):
             await leaf()
@@ -184,7 +226,7 @@ def test_bounded_memory_counts_drops() -> None:
     assert traced.tracker.dropped["buffer_full"] == 21  # 30 leaves + main - 10 kept
 
 
-def test_library_code_is_not_traced_unless_included() -> None:
+def test_library_code_is_not_traced_unless_included(trace: Trace) -> None:
     async def main() -> None:
         await asyncio.wait_for(leaf(), 1)
 
@@ -195,7 +237,7 @@ def test_library_code_is_not_traced_unless_included() -> None:
     assert any(name == "wait_for" for name in included.name.values())
 
 
-def test_excluded_code_is_not_traced() -> None:
+def test_excluded_code_is_not_traced(trace: Trace) -> None:
     async def main() -> None:
         await middle()
 
@@ -236,7 +278,53 @@ def test_a_broken_callback_never_raises_into_the_app() -> None:
     assert tracker.internal_errors > 0 and "NoneType" in tracker.last_error
 
 
-def test_a_task_blocking_in_its_last_step_is_measured() -> None:
+def installed(tracker: Tracker) -> Installation:
+    installation = Installation(tracker.tool, tracker)
+    installation.install()
+    return installation
+
+
+def test_a_failing_decision_never_raises_into_the_app(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN a tracker whose first-sight decision fails for every code object
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    tracker._filter = None  # type: ignore[assignment]
+    installation = installed(tracker)
+    try:
+        # WHEN coroutines start THEN the app runs as if nobody watched
+        assert asyncio.run(middle()) == 1
+    finally:
+        installation.remove()
+    # AND each failure was counted, not raised
+    assert tracker.internal_errors > 0 and "NoneType" in tracker.last_error
+    assert list(tracker.finished) == []
+
+
+def test_a_broken_span_never_raises_into_the_app(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN a coroutine whose span gets broken while it runs
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+
+    async def main() -> int:
+        value = await middle()
+        tracker.open[sys._getframe()] = [None]  # yield, resume and return now fail inside
+        await asyncio.sleep(0)
+        return value
+
+    installation = installed(tracker)
+    try:
+        # WHEN it suspends, resumes and returns THEN the app sees nothing of it
+        assert asyncio.run(main()) == 1
+    finally:
+        installation.remove()
+    # AND the failures were counted, its children traced before it broke
+    assert tracker.internal_errors >= 3 and "IndexError" in tracker.last_error
+    assert len(Traced(tracker).named("leaf")) == 1
+
+
+def test_a_task_blocking_in_its_last_step_is_measured(trace: Trace) -> None:
     import time
 
     async def blocker() -> None:

@@ -1,0 +1,198 @@
+"""The compiled callbacks, when this process can load them; the pure-Python ones otherwise.
+
+`_accel` is a C extension built by the package's own build from `csrc/` against the limited
+API of 3.12, so one binary serves every CPython from 3.12 on. An `AcceleratedTracker` is a
+`Tracker` whose six sys.monitoring callbacks are `_accel.Hooks` methods working on the
+tracker's own containers and on the same span lists: the sender, the in-flight flush and
+the tests see no difference. What happens once per code object, task, loop or error stays
+in Tracker's Python (the C calls back into it), and so do adoption and `in_flight`.
+
+Loading never fails the agent: not built, not loadable here (another libc, architecture,
+a free-threaded build, a folder mounted noexec...), a stale binary, or
+ASYNC_INSPECT_ACCELERATOR=0 all give the plain `Tracker`, with the reason in HELLO.
+In a target the bootstrap provides `_accel` (see bootstrap.py); it must be imported while
+the agent's package is being loaded, hence at the top of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import sysconfig
+from collections.abc import Callable
+from random import random
+from types import CodeType, FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
+
+from .. import wire
+from . import spans as S
+from .codefilter import CodeFilter
+from .meters import SLOW_STEP_NS
+from .settings import ACCELERATOR_ENV, AgentSettings, accelerator_disabled
+from .tracker import _LOOP_RUNNER, Tracker, _app_otel_parent
+
+if TYPE_CHECKING:
+    from ._accel import Hooks
+
+__all__ = ["AcceleratedTracker", "available", "new_tracker"]
+
+ABI_VERSION = 1  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+# Flags of the C code table (csrc/tables.h); checked with the span layout.
+CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if accelerator_disabled(os.environ):
+        return None, f"disabled by {ACCELERATOR_ENV}=0"
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None, "free-threaded CPython: the binary is built for the GIL's ABI"
+    try:
+        from . import _accel
+    except Exception as exc:  # not built, or not loadable in this process: pure Python
+        return None, f"not loaded: {exc}" if str(exc) else f"not loaded: {type(exc).__name__}"
+    version = getattr(_accel, "ABI_VERSION", None)
+    if version != ABI_VERSION:
+        return None, f"stale binary (ABI {version}, this agent needs {ABI_VERSION})"
+    where = getattr(_accel.__spec__, "loader_state", None)  # set by the bootstrap
+    return _accel, f"compiled callbacks ({where})" if where else "compiled callbacks"
+
+
+_ACCEL, _DETAIL = _load()
+
+
+def available() -> tuple[bool, str]:
+    """(whether the compiled callbacks loaded in this process, why or why not)."""
+    return _ACCEL is not None, _DETAIL
+
+
+def new_tracker(settings: AgentSettings, code_filter: CodeFilter, tool: int) -> tuple[Tracker, str]:
+    """The tracker for this process, accelerated when allowed and possible, and one line
+    saying which and why (reported in HELLO)."""
+    if not settings.accelerator:
+        return Tracker(settings, code_filter, tool), f"disabled by {ACCELERATOR_ENV}=0 on the host"
+    if _ACCEL is None:
+        return Tracker(settings, code_filter, tool), _DETAIL
+    try:
+        return AcceleratedTracker(settings, code_filter, tool, _ACCEL), _DETAIL
+    except Exception as exc:  # e.g. a layout the binary was not compiled for
+        return Tracker(settings, code_filter, tool), f"not used: {exc}"
+
+
+def _layout() -> dict[str, int]:
+    names = (
+        "ID", "PARENT_ID", "TRACE", "TASK", "CODE", "THREAD", "START", "END", "STATE", "POLLS",
+        "BUSY", "EVENTS", "EVENTS_DROPPED", "ERROR", "TASK_NAME", "PARENT_TASK", "LINK",
+        "REMOTE", "FLAGS", "ATTRS", "RESUMED", "PARENT", "CHILD", "SAMPLED", "TASK_INFO",
+        "BLOCKED_AT",
+    )  # fmt: skip
+    layout = {name: getattr(S, name) for name in names}
+    layout["SPAN_LEN"] = S.FIELDS
+    for name in ("POLL", "WAKE", "BLOCKED", "COMPLETED", "FAILED", "CANCELLED"):
+        layout["EVENT_" + name] = getattr(wire, "EVENT_" + name)
+    for name in ("COMPLETED", "FAILED", "CANCELLED", "RUNNING"):
+        layout["STATE_" + name] = getattr(wire, "STATE_" + name)
+    layout["FLAG_TASK_ROOT"] = wire.FLAG_TASK_ROOT
+    layout["FLAG_START_UNKNOWN"] = wire.FLAG_START_UNKNOWN
+    layout.update(CODE_WAKE=CODE_WAKE, CODE_CAPTURE=CODE_CAPTURE, CODE_RATE=CODE_RATE)
+    return layout
+
+
+class AcceleratedTracker(Tracker):
+    """A Tracker whose sys.monitoring callbacks are compiled (`_accel.Hooks`).
+
+    The C keeps a table of traced code objects (filled by `consider`), the wake time of
+    each thread, and the span meters as deltas that `metrics` merges into `meters`. Its
+    TaskInfo (`_accel.TaskInfo`) has the attributes and `name()` of spans.TaskInfo; every
+    task gets one from the C, whose weak reference callback also forgets the task.
+    """
+
+    def __init__(
+        self, settings: AgentSettings, code_filter: CodeFilter, tool: int, accel: ModuleType
+    ) -> None:
+        super().__init__(settings, code_filter, tool)
+        config: dict[str, Any] = {
+            "disable": sys.monitoring.DISABLE,
+            "task_type": asyncio.Task,
+            "cancelled": (asyncio.CancelledError, GeneratorExit),
+            "loop_runner": _LOOP_RUNNER,
+            "get_running_loop": asyncio.events._get_running_loop,
+            "current_task": asyncio.current_task,
+            "random": random,
+            "otel_parent": _app_otel_parent,
+            "split_ns": self._split_ns,
+            "max_open": self._max_open,
+            "max_buffer": self._max_buffer,
+            "max_event_items": self._max_event_items,
+            "parent_based": int(settings.parent_based),
+            "ratio": float(self._ratio),
+            "bounds": wire.SPAN_BOUNDS_NS,
+            "slow_ns": SLOW_STEP_NS,
+        }
+        self._hooks: Hooks = accel.Hooks(self, _layout(), config)
+        # One span id sequence for the C and for Tracker._open (adoption).
+        self._span_ids = self._hooks.next_span_id
+
+    @property
+    def tasks_seen(self) -> int:
+        """Tasks given a TaskInfo (all by the C)."""
+        return self._hooks.tasks_seen if hasattr(self, "_hooks") else 0
+
+    @tasks_seen.setter
+    def tasks_seen(self, value: int) -> None:
+        pass  # Tracker.__init__ sets 0; the C counts
+
+    def callbacks(self) -> dict[int, Callable[..., object]]:
+        """The compiled callback of each event."""
+        events, hooks = sys.monitoring.events, self._hooks
+        return {
+            events.PY_START: hooks.on_start,
+            events.PY_RESUME: hooks.on_resume,
+            events.PY_THROW: hooks.on_throw,
+            events.PY_YIELD: hooks.on_yield,
+            events.PY_RETURN: hooks.on_return,
+            events.PY_UNWIND: hooks.on_unwind,
+        }
+
+    def consider(self, code: CodeType, module: str) -> int | None:
+        """As Tracker.consider; a traced code is also entered in the C code table."""
+        code_id = super().consider(code, module)
+        if code_id is not None:
+            flags = (CODE_CAPTURE if code_id in self._captures else 0) | (
+                CODE_RATE if code_id in self._code_rates else 0
+            )
+            self._hooks.add_code(code, code_id, flags)
+        return code_id
+
+    def _consider_at_start(self, code: CodeType, frame: FrameType) -> int | None:
+        # Called by the C on_start the first time it sees `code`.
+        return self.consider(code, frame.f_globals.get("__name__", "?"))
+
+    def watch_selector_wakeups(self) -> None:
+        """As Tracker.watch_selector_wakeups, with the select() codes entered in C."""
+        super().watch_selector_wakeups()
+        for code in self._codes:
+            if id(code) in self._wake_codes:
+                self._hooks.add_code(code, 0, CODE_WAKE)
+
+    def task_created(self, coro: Any, task_creator_frame: FrameType | None) -> S.TaskInfo:
+        """As Tracker.task_created (in C)."""
+        return self._hooks.task_created(coro, task_creator_frame)
+
+    def task_bound(self, info: S.TaskInfo, task: Any, coro: Any) -> None:
+        """As Tracker.task_bound (in C; the task's weak reference calls back into C)."""
+        self._hooks.task_bound(info, task, coro)
+
+    def info_for(self, task: Any) -> S.TaskInfo:
+        """As Tracker.info_for (in C)."""
+        return self._hooks.info_for(task)
+
+    def metrics(self) -> dict[str, Any]:
+        """The meters' snapshot, with what the C counted since the last one merged in."""
+        self.meters.merge(*self._hooks.take_meters())
+        return super().metrics()
+
+    def clear(self) -> None:
+        """As Tracker.clear, the C's wake times and counts included."""
+        super().clear()
+        self._hooks.reset()

@@ -1,0 +1,216 @@
+/* What the accelerator's C files share: the Hooks and TaskInfo objects, the span layout,
+ * and small helpers over span lists. See accelerator.py for the design; each C function
+ * is named after the tracker.py function it mirrors.
+ */
+#ifndef ASYNC_INSPECT_ACCEL_H
+#define ASYNC_INSPECT_ACCEL_H
+
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030C0000 /* one binary for every CPython from 3.12 on (abi3) */
+#endif
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <time.h>
+
+#include "tables.h"
+
+#if !defined(__linux__)
+#error "the accelerator's clock is CLOCK_MONOTONIC, which is time.perf_counter_ns on Linux only"
+#endif
+
+#define AI_INTERNAL __attribute__((visibility("hidden")))
+
+/* Times are ns since boot: longs on Linux's LP64, whose conversions are the fast ones. */
+_Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
+
+/* Tasks the factory did not see get no weakref callback; _task_infos is swept of dead
+ * ones when it has grown this much (and twice its size after the last sweep). */
+#define SWEEP_INFOS_AT 1024
+
+/* Bumped whenever what accelerator.py passes in or expects back changes. */
+#define ABI_VERSION 1
+
+/* Span list positions (spans.py); checked against Python's when a Hooks is made. */
+enum {
+    ID, PARENT_ID, TRACE, TASK, CODE, THREAD, START, END, STATE, POLLS, BUSY, EVENTS,
+    EVENTS_DROPPED, ERROR, TASK_NAME, PARENT_TASK, LINK, REMOTE, FLAGS, ATTRS,
+    RESUMED, PARENT, CHILD, SAMPLED, TASK_INFO, BLOCKED_AT, SPAN_LEN
+};
+/* wire.py values; checked too. */
+enum { EVENT_POLL = 1, EVENT_WAKE = 2, EVENT_BLOCKED = 3, EVENT_COMPLETED = 4 };
+enum { STATE_COMPLETED = 1, STATE_FAILED = 2, STATE_CANCELLED = 3, STATE_RUNNING = 4 };
+enum { FLAG_TASK_ROOT = 1, FLAG_START_UNKNOWN = 2 };
+
+#define MAX_WALK 64
+/* Frames an await chain passes through: coroutines, generators, async generators. */
+#define CHAIN_FLAGS (0x0020 | 0x0080 | 0x0100 | 0x0200)
+#define FACTORY_CHECK_EVERY 256
+/* Code objects whose co_flags a parent walk remembers (each kept alive meanwhile). */
+#define MAX_WALKED_CODES 4096
+
+/* Names looked up or called on Python objects, interned once per Hooks. */
+#define AI_NAMES(X)                                                                       \
+    X(f_back) X(co_flags) X(cr_frame) X(get_coro) X(get_name) X(on_new_loop)              \
+    X(_consider_at_start) X(_adopt) X(_capture) X(_sample) X(_describe_error) X(fault)     \
+    X(_drop) X(open) X(_task_frames) X(task_roots) X(_task_infos) X(_task_refs)           \
+    X(finished) X(append) X(creator) X(id) X(ref) X(thread) X(name) X(creator_task)
+#define AI_NAME_ENUM(n) N_##n,
+enum { AI_NAMES(AI_NAME_ENUM) N_COUNT };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *tracker;
+    /* The tracker's containers: shared with its Python code, cleared but never replaced. */
+    PyObject *open, *task_frames, *task_roots, *task_infos, *task_refs;
+    PyObject *finished, *finished_append;
+    /* Objects compared with or called. */
+    PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type;
+    PyObject *get_running_loop, *current_task, *random, *otel_parent;
+    PyObject *forget;       /* our bound `_forget_task`: the weakref callback of each task */
+    PyObject *last_loop;    /* Tracker._last_loop */
+    PyObject *walked_codes; /* list keeping alive the codes whose co_flags are cached */
+    PyObject *template;     /* spans.new_span's constants, copied into every new span */
+    PyObject *names[N_COUNT];
+    PyObject *s_yield, *s_task_prefix, *s_throw_prefix, *s_open_limit, *s_buffer_full;
+    PyObject *s_otel_module;
+    int64_t split_ns, max_open, max_buffer, max_event_items;
+    int64_t next_span_id, next_task_id, tasks_seen;
+    Py_ssize_t sweep_infos_at; /* _task_infos size that makes us drop its dead tasks */
+    double ratio;
+    int parent_based;
+    int factory_checks;
+    CodeTable codes;
+    WakeTable wakes;
+    MeterTable meters;
+} Hooks;
+
+#define NAME(h, n) ((h)->names[N_##n])
+
+/* An asyncio task as the tracker knows it: spans.TaskInfo, with the same attributes and
+ * name(), made by the C for every task (the factory's too) when accelerated. */
+typedef struct {
+    PyObject_HEAD
+    int64_t id;
+    int64_t creator_task;
+    int64_t thread;
+    PyObject *creator; /* the span that created the task, or None */
+    PyObject *ref;     /* weak reference to the task, or None */
+} TaskInfo;
+
+static inline int64_t
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* -- span list helpers (each sets an exception when it fails) -------------------------- */
+
+static inline int
+get_int(PyObject *list, Py_ssize_t index, int64_t *out)
+{
+    PyObject *item = PyList_GetItem(list, index);
+    if (item == NULL) {
+        return -1;
+    }
+    long value = PyLong_AsLong(item);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* list[index] = value (a new reference, consumed even on failure). */
+static inline int
+put(PyObject *list, Py_ssize_t index, PyObject *value)
+{
+    return value == NULL ? -1 : PyList_SetItem(list, index, value);
+}
+
+static inline int
+put_int(PyObject *list, Py_ssize_t index, int64_t value)
+{
+    return put(list, index, PyLong_FromLong(value));
+}
+
+static inline int
+put_ref(PyObject *list, Py_ssize_t index, PyObject *value)
+{
+    return put(list, index, Py_NewRef(value));
+}
+
+static inline int
+add_int(PyObject *list, Py_ssize_t index, int64_t delta)
+{
+    int64_t value;
+    return get_int(list, index, &value) < 0 ? -1 : put_int(list, index, value + delta);
+}
+
+static inline PyObject *
+item_ref(PyObject *list, Py_ssize_t index)
+{
+    PyObject *item = PyList_GetItem(list, index);
+    return item != NULL ? Py_NewRef(item) : NULL;
+}
+
+static inline int
+is_true(PyObject *list, Py_ssize_t index)
+{
+    PyObject *item = PyList_GetItem(list, index);
+    if (item == NULL) {
+        return -1;
+    }
+    return item == Py_True ? 1 : item == Py_False || item == Py_None ? 0 : PyObject_IsTrue(item);
+}
+
+static inline PyObject *
+call_one(PyObject *callable, PyObject *arg)
+{
+    PyObject *args[2] = {NULL, arg};
+    return PyObject_Vectorcall(callable, args + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* obj.name(*args) with up to two arguments (b may be NULL, then a may be too). */
+static inline PyObject *
+call_method_of(PyObject *obj, PyObject *name, PyObject *a, PyObject *b)
+{
+    PyObject *args[3] = {obj, a, b};
+    size_t count = a == NULL ? 1 : b == NULL ? 2 : 3;
+    return PyObject_VectorcallMethod(name, args, count | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* tracker.name(a, b): the tracker's Python, for what happens once per code, task or error. */
+static inline PyObject *
+call_method(Hooks *h, PyObject *name, PyObject *a, PyObject *b)
+{
+    return call_method_of(h->tracker, name, a, b);
+}
+
+/* -- tasks.c ---------------------------------------------------------------------------- */
+
+AI_INTERNAL extern PyType_Spec TaskInfo_spec;
+AI_INTERNAL PyObject *find_open_span(Hooks *h, PyObject *frame);
+AI_INTERNAL PyObject *info_for(Hooks *h, PyObject *task);
+AI_INTERNAL PyObject *task_created(Hooks *h, PyObject *coro, PyObject *frame);
+AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro);
+AI_INTERNAL PyObject *forget_task(Hooks *h, PyObject *ref);
+AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent,
+                            PyObject **info, int *same_task);
+AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
+AI_INTERNAL PyObject *info_creator_task(Hooks *h, PyObject *info);
+
+/* -- spans.c ---------------------------------------------------------------------------- */
+
+AI_INTERNAL int open_child(Hooks *h, PyObject *frame, PyObject *parent, int64_t code_id,
+                           int code_flags, int64_t t);
+AI_INTERNAL PyObject *open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id,
+                                int code_flags, int64_t t);
+AI_INTERNAL int finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc);
+AI_INTERNAL int record_poll(Hooks *h, PyObject *span, int64_t t, PyObject *detail);
+AI_INTERNAL int append_event(PyObject *events, int kind, int64_t when, PyObject *detail);
+AI_INTERNAL PyObject *describe_awaited(Hooks *h, PyObject *value);
+AI_INTERNAL int drop(Hooks *h, PyObject *reason);
+
+#endif

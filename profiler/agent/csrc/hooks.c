@@ -1,0 +1,909 @@
+/* The sys.monitoring callbacks themselves, the Hooks type that holds their state, and the
+ * `_accel` module (tracker.py: on_start, on_resume, on_throw, on_yield, on_return,
+ * on_unwind, fault).
+ *
+ * PY_UNWIND and PY_THROW cannot be enabled per code object, so they arrive for every frame:
+ * their callbacks return at once for code we do not trace and never return DISABLE, which
+ * for these events would switch them off process-wide.
+ */
+#include <stddef.h>
+
+#include "accel.h"
+
+#define AI_NAME_TEXT(n) #n,
+static const char *const NAME_TEXTS[] = {AI_NAMES(AI_NAME_TEXT)};
+
+/* Tracker.fault: never raise into the application. Exceptions that are not `Exception`
+ * (KeyboardInterrupt, SystemExit) go on, as they do from the Python callbacks. */
+static PyObject *
+fault(Hooks *h)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    if (exc == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    PyObject *result = call_method(h, NAME(h, fault), exc, NULL);
+    Py_DECREF(exc);
+    if (result == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(result);
+    Py_RETURN_NONE;
+}
+
+/* A new reference to the span `open` maps `frame` to, removed from `open`; NULL with no
+ * exception if there is none. */
+static PyObject *
+pop_open(Hooks *h, PyObject *frame)
+{
+    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    if (span == NULL) {
+        return NULL;
+    }
+    Py_INCREF(span);
+    if (PyDict_DelItem(h->open, frame) < 0) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    return span;
+}
+
+/* -- the sys.monitoring callbacks ------------------------------------------------------ */
+
+/* PY_START(code, offset): open a span, or DISABLE this code for good if it is not traced. */
+static PyObject *
+Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1) {
+        Py_RETURN_NONE;
+    }
+    PyObject *code = args[0];
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL) {
+        Py_RETURN_NONE;
+    }
+    CodeSlot *slot = code_find(&h->codes, code);
+    if (slot == NULL || slot->code_id == 0) {
+        PyObject *known = call_method(h, NAME(h, _consider_at_start), code, frame);
+        if (known == NULL) {
+            return fault(h);
+        }
+        Py_DECREF(known);
+        if (known == Py_None) {
+            return Py_NewRef(h->disable);
+        }
+        slot = code_find(&h->codes, code); /* consider registered it with us */
+        if (slot == NULL || slot->code_id == 0) {
+            Py_RETURN_NONE;
+        }
+    }
+    int64_t code_id = slot->code_id;
+    int code_flags = slot->flags;
+    int64_t t = now_ns();
+    PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
+    if (back == NULL) {
+        return fault(h);
+    }
+    PyObject *parent = back != Py_None ? PyDict_GetItemWithError(h->open, back) : NULL;
+    int slow = parent == NULL;
+    if (slow && PyErr_Occurred()) {
+        goto fail;
+    }
+    if (!slow) {
+        int64_t parent_start;
+        if (get_int(parent, START, &parent_start) < 0) {
+            goto fail;
+        }
+        slow = t - parent_start > h->split_ns || PyDict_Size(h->open) >= h->max_open;
+        if (!slow && PyDict_Size(h->task_frames) > 0
+            && (slow = PyDict_Contains(h->task_frames, frame)) < 0) {
+            goto fail;
+        }
+    }
+    if (slow) {
+        PyObject *span = open_span(h, frame, back, code_id, code_flags, t);
+        if (span == NULL) {
+            goto fail;
+        }
+        Py_DECREF(span);
+    }
+    else {
+        /* The common case, inlined in Python too: awaited directly by a traced coroutine
+         * of this task (held by `open`, which open_child only adds to). */
+        if (open_child(h, frame, parent, code_id, code_flags, t) < 0) {
+            goto fail;
+        }
+    }
+    Py_DECREF(back);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(back);
+    return fault(h);
+}
+
+/* A resumed span: one more poll; the innermost records it (with the loop's wake). */
+static int
+resumed(Hooks *h, PyObject *span, PyObject *detail)
+{
+    int64_t t = now_ns();
+    if (put_int(span, RESUMED, t) < 0 || add_int(span, POLLS, 1) < 0) {
+        return -1;
+    }
+    int sampled = is_true(span, SAMPLED);
+    PyObject *child = PyList_GetItem(span, CHILD);
+    if (sampled < 0 || child == NULL) {
+        return -1;
+    }
+    if (sampled && child == Py_None) {
+        return record_poll(h, span, t, detail != NULL ? detail : Py_None);
+    }
+    return 0;
+}
+
+/* PY_RESUME(code, offset) */
+static PyObject *
+Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL || nargs < 1) {
+        Py_RETURN_NONE;
+    }
+    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    if (span == NULL) {
+        if (PyErr_Occurred()) {
+            return fault(h);
+        }
+        CodeSlot *slot = code_find(&h->codes, args[0]);
+        if (slot != NULL && slot->code_id != 0) { /* started before we watched it */
+            PyObject *result = call_method(h, NAME(h, _adopt), args[0], frame);
+            if (result == NULL) {
+                return fault(h);
+            }
+            Py_DECREF(result);
+        }
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(span);
+    int failed = resumed(h, span, NULL) < 0;
+    Py_DECREF(span);
+    if (failed) {
+        return fault(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* PY_THROW(code, offset, exception): global, so it comes for every frame; never DISABLE. */
+static PyObject *
+Hooks_on_throw(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3) {
+        Py_RETURN_NONE;
+    }
+    CodeSlot *slot = code_find(&h->codes, args[0]);
+    if (slot == NULL || slot->code_id == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    if (span == NULL) {
+        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+    }
+    Py_INCREF(span);
+    PyObject *name = PyType_GetName(Py_TYPE(args[2]));
+    PyObject *detail = name != NULL ? PyUnicode_Concat(h->s_throw_prefix, name) : NULL;
+    Py_XDECREF(name);
+    int failed = detail == NULL || resumed(h, span, detail) < 0;
+    Py_XDECREF(detail);
+    Py_DECREF(span);
+    if (failed) {
+        return fault(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* PY_YIELD(code, offset, value): suspended; the innermost span records `blocked`. */
+static PyObject *
+Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL || nargs < 3) {
+        Py_RETURN_NONE;
+    }
+    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    if (span == NULL) {
+        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+    }
+    Py_INCREF(span);
+    int64_t t = now_ns(), resumed_at;
+    PyObject *detail = NULL;
+    if (get_int(span, RESUMED, &resumed_at) < 0) {
+        goto fail;
+    }
+    if (resumed_at) {
+        int64_t step = t - resumed_at;
+        if (add_int(span, BUSY, step) < 0 || put_int(span, RESUMED, 0) < 0) {
+            goto fail;
+        }
+        PyObject *parent = PyList_GetItem(span, PARENT);
+        if (parent == NULL) {
+            goto fail;
+        }
+        if (parent == Py_None) {
+            meter_step(&h->meters, step); /* the loop was blocked this long */
+        }
+    }
+    int sampled = is_true(span, SAMPLED);
+    PyObject *child = PyList_GetItem(span, CHILD);
+    if (sampled < 0 || child == NULL) {
+        goto fail;
+    }
+    if (sampled && child == Py_None) {
+        PyObject *events = PyList_GetItem(span, EVENTS);
+        if (events == NULL || put_int(span, BLOCKED_AT, t) < 0) {
+            goto fail;
+        }
+        Py_ssize_t length = PyList_Size(events);
+        if (length < 0) {
+            goto fail;
+        }
+        if (length < h->max_event_items) {
+            detail = describe_awaited(h, args[2]);
+            if (detail == NULL || append_event(events, EVENT_BLOCKED, t, detail) < 0) {
+                goto fail;
+            }
+        }
+        else if (add_int(span, EVENTS_DROPPED, 1) < 0) {
+            goto fail;
+        }
+    }
+    Py_XDECREF(detail);
+    Py_DECREF(span);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(detail);
+    Py_DECREF(span);
+    return fault(h);
+}
+
+/* PY_RETURN(code, offset, value): completed; or a selector's select() returned (a wake). */
+static PyObject *
+Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1) {
+        Py_RETURN_NONE;
+    }
+    CodeSlot *slot = code_find(&h->codes, args[0]);
+    if (slot != NULL && (slot->flags & AI_CODE_WAKE)) { /* no frame object made per select() */
+        wake_set(&h->wakes, PyThread_get_thread_ident(), now_ns());
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *span = pop_open(h, frame);
+    if (span == NULL) {
+        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+    }
+    int failed = finish(h, span, STATE_COMPLETED, now_ns(), NULL) < 0;
+    Py_DECREF(span);
+    if (failed) {
+        return fault(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* PY_UNWIND(code, offset, exception): failed, or cancelled. Global: never DISABLE. */
+static PyObject *
+Hooks_on_unwind(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3) {
+        Py_RETURN_NONE;
+    }
+    CodeSlot *slot = code_find(&h->codes, args[0]);
+    if (slot == NULL || slot->code_id == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *span = pop_open(h, frame);
+    if (span == NULL) {
+        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+    }
+    int cancelled = PyObject_IsInstance(args[2], h->cancelled);
+    int failed = cancelled < 0
+                 || finish(h, span, cancelled ? STATE_CANCELLED : STATE_FAILED, now_ns(),
+                           args[2])
+                        < 0;
+    Py_DECREF(span);
+    if (failed) {
+        return fault(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* -- what the Python side calls --------------------------------------------------------- */
+
+PyDoc_STRVAR(add_code_doc,
+             "add_code(code, code_id, flags)\n--\n\n"
+             "Trace coroutines of `code` under `code_id` (0: only add `flags`). The caller "
+             "keeps `code` alive for as long as this object lives.");
+
+static PyObject *
+Hooks_add_code(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "add_code(code, code_id, flags)");
+        return NULL;
+    }
+    long long code_id = PyLong_AsLongLong(args[1]);
+    long flags = PyLong_AsLong(args[2]);
+    if ((code_id == -1 || flags == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (code_id > 0) {
+        flags |= AI_CODE_TRACED;
+    }
+    if (code_put(&h->codes, args[0], code_id, (int)flags) < 0) {
+        return PyErr_NoMemory();
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(next_span_id_doc, "next_span_id()\n--\n\nA fresh span id (shared with Python).");
+
+static PyObject *
+Hooks_next_span_id(Hooks *h, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(h->next_span_id++);
+}
+
+PyDoc_STRVAR(take_meters_doc,
+             "take_meters()\n--\n\n"
+             "What the callbacks counted since the last call, for Meters.merge: "
+             "(histograms as [(key, count, sum, buckets)], polls, busy_ns, longest_step_ns, "
+             "slow_steps, tasks_created, tasks_finished). The counts restart from zero.");
+
+static PyObject *
+int_tuple(const int64_t *values, int count)
+{
+    PyObject *tuple = PyTuple_New(count);
+    for (int i = 0; tuple != NULL && i < count; i++) {
+        PyObject *value = PyLong_FromLong(values[i]);
+        if (value == NULL) {
+            Py_CLEAR(tuple);
+            break;
+        }
+        PyTuple_SetItem(tuple, i, value);
+    }
+    return tuple;
+}
+
+static PyObject *
+Hooks_take_meters(Hooks *h, PyObject *Py_UNUSED(ignored))
+{
+    /* Copy and reset first, with no Python call in between: a callback on another thread
+     * can run as soon as this one touches a Python object. */
+    MeterTable *meters = &h->meters;
+    size_t count = meters->used;
+    int width = meters->nbounds + 1;
+    Histogram *copy = count ? malloc(count * sizeof(Histogram)) : NULL;
+    if (count && copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    if (count) {
+        memcpy(copy, meters->items, count * sizeof(Histogram));
+    }
+    int64_t scalars[4] = {meters->polls, meters->busy_ns, meters->longest_step_ns,
+                          meters->tasks_created};
+    int64_t slow[AI_SLOW_STEPS], finished[AI_STATES];
+    memcpy(slow, meters->slow_steps, sizeof(slow));
+    memcpy(finished, meters->tasks_finished, sizeof(finished));
+    meter_reset(meters);
+
+    PyObject *histograms = PyList_New(0);
+    for (size_t i = 0; histograms != NULL && i < count; i++) {
+        PyObject *buckets = int_tuple(copy[i].buckets, width);
+        PyObject *entry = buckets != NULL ? Py_BuildValue("(LLLN)", (long long)copy[i].key,
+                                                          (long long)copy[i].count,
+                                                          (long long)copy[i].sum, buckets)
+                                          : NULL;
+        if (entry == NULL || PyList_Append(histograms, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_CLEAR(histograms);
+            break;
+        }
+        Py_DECREF(entry);
+    }
+    free(copy);
+    if (histograms == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NLLLNLN)", histograms, (long long)scalars[0], (long long)scalars[1],
+                         (long long)scalars[2], int_tuple(slow, AI_SLOW_STEPS),
+                         (long long)scalars[3], int_tuple(finished, AI_STATES));
+}
+
+PyDoc_STRVAR(reset_doc,
+             "reset()\n--\n\nForget wake times, counted meters and the last loop "
+             "(Tracker.clear); traced code stays traced.");
+
+static PyObject *
+Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
+{
+    meter_reset(&h->meters);
+    h->wakes.used = 0;
+    h->factory_checks = 0;
+    h->sweep_infos_at = SWEEP_INFOS_AT;
+    Py_CLEAR(h->last_loop);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(now_doc, "now()\n--\n\nThe callbacks' clock: time.perf_counter_ns() on Linux.");
+
+static PyObject *
+Hooks_now(Hooks *h, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(now_ns());
+}
+
+PyDoc_STRVAR(task_created_doc,
+             "task_created(coro, creator_frame)\n--\n\nTracker.task_created: the new task's "
+             "TaskInfo, its creator the innermost open span at or below `creator_frame`.");
+
+static PyObject *
+Hooks_task_created(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "task_created(coro, creator_frame)");
+        return NULL;
+    }
+    return task_created(h, args[0], args[1]);
+}
+
+PyDoc_STRVAR(task_bound_doc,
+             "task_bound(info, task, coro)\n--\n\nTracker.task_bound: remember `task` for "
+             "`info` until the task is freed.");
+
+static PyObject *
+Hooks_task_bound(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "task_bound(info, task, coro)");
+        return NULL;
+    }
+    return task_bound(h, args[0], args[1], args[2]) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+PyDoc_STRVAR(info_for_doc,
+             "info_for(task)\n--\n\nTracker.info_for: the TaskInfo of a task, made now if "
+             "the factory did not see it.");
+
+static PyObject *
+Hooks_info_for(Hooks *h, PyObject *task)
+{
+    return info_for(h, task);
+}
+
+PyDoc_STRVAR(forget_task_doc,
+             "_forget_task(ref)\n--\n\nThe weak reference callback of every task: forget "
+             "it. Never raises.");
+
+static PyObject *
+Hooks_forget_task(Hooks *h, PyObject *ref)
+{
+    PyObject *result = forget_task(h, ref);
+    return result != NULL ? result : fault(h);
+}
+
+/* -- the type ------------------------------------------------------------------------------ */
+
+static int
+get_item(PyObject *config, const char *key, PyObject **out)
+{
+    PyObject *value = PyDict_GetItemString(config, key);
+    if (value == NULL) {
+        PyErr_Format(PyExc_KeyError, "accelerator config lacks %s", key);
+        return -1;
+    }
+    *out = Py_NewRef(value);
+    return 0;
+}
+
+static int
+get_config_int(PyObject *config, const char *key, int64_t *out)
+{
+    PyObject *value;
+    if (get_item(config, key, &value) < 0) {
+        return -1;
+    }
+    long long number = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = number;
+    return 0;
+}
+
+/* The span layout and wire values this file was compiled with must be Python's. */
+static int
+check_layout(PyObject *layout)
+{
+    static const struct {
+        const char *name;
+        int value;
+    } expected[] = {
+        {"ID", ID}, {"PARENT_ID", PARENT_ID}, {"TRACE", TRACE}, {"TASK", TASK},
+        {"CODE", CODE}, {"THREAD", THREAD}, {"START", START}, {"END", END},
+        {"STATE", STATE}, {"POLLS", POLLS}, {"BUSY", BUSY}, {"EVENTS", EVENTS},
+        {"EVENTS_DROPPED", EVENTS_DROPPED}, {"ERROR", ERROR}, {"TASK_NAME", TASK_NAME},
+        {"PARENT_TASK", PARENT_TASK}, {"LINK", LINK}, {"REMOTE", REMOTE}, {"FLAGS", FLAGS},
+        {"ATTRS", ATTRS}, {"RESUMED", RESUMED}, {"PARENT", PARENT}, {"CHILD", CHILD},
+        {"SAMPLED", SAMPLED}, {"TASK_INFO", TASK_INFO}, {"BLOCKED_AT", BLOCKED_AT},
+        {"SPAN_LEN", SPAN_LEN}, {"EVENT_POLL", EVENT_POLL}, {"EVENT_WAKE", EVENT_WAKE},
+        {"EVENT_BLOCKED", EVENT_BLOCKED}, {"EVENT_COMPLETED", 4}, {"EVENT_FAILED", 5},
+        {"EVENT_CANCELLED", 6}, {"STATE_COMPLETED", STATE_COMPLETED},
+        {"STATE_FAILED", STATE_FAILED}, {"STATE_CANCELLED", STATE_CANCELLED},
+        {"STATE_RUNNING", STATE_RUNNING}, {"FLAG_TASK_ROOT", FLAG_TASK_ROOT},
+        {"FLAG_START_UNKNOWN", FLAG_START_UNKNOWN}, {"CODE_CAPTURE", AI_CODE_CAPTURE},
+        {"CODE_RATE", AI_CODE_RATE}, {"CODE_WAKE", AI_CODE_WAKE},
+    };
+    for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
+        int64_t value;
+        if (get_config_int(layout, expected[i].name, &value) < 0) {
+            return -1;
+        }
+        if (value != expected[i].value) {
+            PyErr_Format(PyExc_ValueError, "span layout changed: %s is %lld here, %d compiled",
+                         expected[i].name, (long long)value, expected[i].value);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+read_int_tuple(PyObject *config, const char *key, int64_t *out, int capacity, int *count)
+{
+    PyObject *value;
+    if (get_item(config, key, &value) < 0) {
+        return -1;
+    }
+    PyObject *items = PySequence_Tuple(value);
+    Py_DECREF(value);
+    if (items == NULL) {
+        return -1;
+    }
+    Py_ssize_t size = PyTuple_Size(items);
+    if (size > capacity) {
+        Py_DECREF(items);
+        PyErr_Format(PyExc_ValueError, "%s: more than %d values", key, capacity);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        long long number = PyLong_AsLongLong(PyTuple_GetItem(items, i));
+        if (number == -1 && PyErr_Occurred()) {
+            Py_DECREF(items);
+            return -1;
+        }
+        out[i] = number;
+    }
+    Py_DECREF(items);
+    *count = (int)size;
+    return 0;
+}
+
+/* [0, 0, 0, 0, 0, 0, 0, 0, RUNNING, 1, 0, None, 0, None, None, 0, None, None, 0, None,
+ *  0, None, None, False, None, 0]: a running span before its own fields are stored. */
+static PyObject *
+new_template(void)
+{
+    PyObject *template = PyList_New(SPAN_LEN);
+    for (int i = 0; template != NULL && i < SPAN_LEN; i++) {
+        PyObject *value;
+        switch (i) {
+        case EVENTS: case ERROR: case TASK_NAME: case LINK: case REMOTE: case ATTRS:
+        case PARENT: case CHILD: case TASK_INFO:
+            value = Py_NewRef(Py_None);
+            break;
+        case SAMPLED:
+            value = Py_NewRef(Py_False);
+            break;
+        case STATE:
+            value = PyLong_FromLong(STATE_RUNNING);
+            break;
+        case POLLS:
+            value = PyLong_FromLong(1);
+            break;
+        default:
+            value = PyLong_FromLong(0);
+        }
+        if (value == NULL) {
+            Py_CLEAR(template);
+            break;
+        }
+        PyList_SetItem(template, i, value);
+    }
+    return template;
+}
+
+static PyObject *
+Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *tracker, *layout, *config;
+    static char *keywords[] = {"tracker", "layout", "config", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!:Hooks", keywords, &tracker,
+                                     &PyDict_Type, &layout, &PyDict_Type, &config)) {
+        return NULL;
+    }
+    if (check_layout(layout) < 0) {
+        return NULL;
+    }
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Hooks *h = (Hooks *)alloc(type, 0);
+    if (h == NULL) {
+        return NULL;
+    }
+    /* tp_alloc zeroed everything: a failure below leaves a valid object to deallocate. */
+    h->tracker = Py_NewRef(tracker);
+    if (code_table_init(&h->codes) < 0 || meter_table_init(&h->meters) < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int i = 0; i < N_COUNT; i++) {
+        h->names[i] = PyUnicode_InternFromString(NAME_TEXTS[i]);
+        if (h->names[i] == NULL) {
+            goto fail;
+        }
+    }
+    h->s_yield = PyUnicode_InternFromString("yield");
+    h->s_task_prefix = PyUnicode_InternFromString("task ");
+    h->s_throw_prefix = PyUnicode_InternFromString("throw ");
+    h->s_open_limit = PyUnicode_InternFromString("open_span_limit");
+    h->s_buffer_full = PyUnicode_InternFromString("buffer_full");
+    h->s_otel_module = PyUnicode_InternFromString("opentelemetry.trace");
+    if (!h->s_yield || !h->s_task_prefix || !h->s_throw_prefix || !h->s_open_limit
+        || !h->s_buffer_full || !h->s_otel_module) {
+        goto fail;
+    }
+    /* The tracker's own containers. */
+    if (!(h->open = PyObject_GetAttr(tracker, NAME(h, open)))
+        || !(h->task_frames = PyObject_GetAttr(tracker, NAME(h, _task_frames)))
+        || !(h->task_roots = PyObject_GetAttr(tracker, NAME(h, task_roots)))
+        || !(h->task_infos = PyObject_GetAttr(tracker, NAME(h, _task_infos)))
+        || !(h->task_refs = PyObject_GetAttr(tracker, NAME(h, _task_refs)))
+        || !(h->finished = PyObject_GetAttr(tracker, NAME(h, finished)))
+        || !(h->finished_append = PyObject_GetAttr(h->finished, NAME(h, append)))) {
+        goto fail;
+    }
+    if (!PyDict_Check(h->open) || !PyDict_Check(h->task_frames) || !PyDict_Check(h->task_roots)
+        || !PyDict_Check(h->task_infos) || !PyDict_Check(h->task_refs)) {
+        PyErr_SetString(PyExc_TypeError, "the tracker's span and task maps must be dicts");
+        goto fail;
+    }
+    int64_t parent_based;
+    int nslow = 0;
+    if (get_item(config, "disable", &h->disable) < 0
+        || get_item(config, "task_type", &h->task_type) < 0
+        || get_item(config, "cancelled", &h->cancelled) < 0
+        || get_item(config, "loop_runner", &h->loop_runner) < 0
+        || get_item(config, "get_running_loop", &h->get_running_loop) < 0
+        || get_item(config, "current_task", &h->current_task) < 0
+        || get_item(config, "random", &h->random) < 0
+        || get_item(config, "otel_parent", &h->otel_parent) < 0
+        || get_config_int(config, "split_ns", &h->split_ns) < 0
+        || get_config_int(config, "max_open", &h->max_open) < 0
+        || get_config_int(config, "max_buffer", &h->max_buffer) < 0
+        || get_config_int(config, "max_event_items", &h->max_event_items) < 0
+        || get_config_int(config, "parent_based", &parent_based) < 0
+        || read_int_tuple(config, "bounds", h->meters.bounds, AI_MAX_BUCKETS - 1,
+                          &h->meters.nbounds) < 0
+        || read_int_tuple(config, "slow_ns", h->meters.slow_ns, AI_SLOW_STEPS, &nslow) < 0) {
+        goto fail;
+    }
+    if (nslow != AI_SLOW_STEPS) {
+        PyErr_Format(PyExc_ValueError, "slow_ns: %d thresholds expected", AI_SLOW_STEPS);
+        goto fail;
+    }
+    PyObject *ratio;
+    if (get_item(config, "ratio", &ratio) < 0) {
+        goto fail;
+    }
+    h->ratio = PyFloat_AsDouble(ratio);
+    Py_DECREF(ratio);
+    if (h->ratio == -1.0 && PyErr_Occurred()) {
+        goto fail;
+    }
+    h->parent_based = parent_based != 0;
+    h->next_span_id = h->next_task_id = 1;
+    h->sweep_infos_at = SWEEP_INFOS_AT;
+    PyObject *module = PyType_GetModule(type);
+    if (module == NULL || !(h->info_type = PyObject_GetAttrString(module, "TaskInfo"))
+        || !(h->forget = PyObject_GetAttrString((PyObject *)h, "_forget_task"))
+        || !(h->walked_codes = PyList_New(0)) || !(h->template = new_template())) {
+        goto fail;
+    }
+    return (PyObject *)h;
+fail:
+    Py_DECREF(h);
+    return NULL;
+}
+
+static int
+Hooks_traverse(Hooks *h, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE((PyObject *)h));
+    Py_VISIT(h->tracker);
+    Py_VISIT(h->open);
+    Py_VISIT(h->task_frames);
+    Py_VISIT(h->task_roots);
+    Py_VISIT(h->task_infos);
+    Py_VISIT(h->task_refs);
+    Py_VISIT(h->finished);
+    Py_VISIT(h->finished_append);
+    Py_VISIT(h->last_loop);
+    Py_VISIT(h->get_running_loop);
+    Py_VISIT(h->current_task);
+    Py_VISIT(h->random);
+    Py_VISIT(h->otel_parent);
+    Py_VISIT(h->forget);
+    Py_VISIT(h->walked_codes);
+    return 0;
+}
+
+static int
+Hooks_clear(Hooks *h)
+{
+    Py_CLEAR(h->tracker);
+    Py_CLEAR(h->open);
+    Py_CLEAR(h->task_frames);
+    Py_CLEAR(h->task_roots);
+    Py_CLEAR(h->task_infos);
+    Py_CLEAR(h->task_refs);
+    Py_CLEAR(h->finished);
+    Py_CLEAR(h->finished_append);
+    Py_CLEAR(h->last_loop);
+    Py_CLEAR(h->get_running_loop);
+    Py_CLEAR(h->current_task);
+    Py_CLEAR(h->random);
+    Py_CLEAR(h->otel_parent);
+    Py_CLEAR(h->forget);
+    Py_CLEAR(h->walked_codes);
+    return 0;
+}
+
+static void
+Hooks_dealloc(Hooks *h)
+{
+    PyTypeObject *type = Py_TYPE((PyObject *)h);
+    PyObject_GC_UnTrack(h);
+    Hooks_clear(h);
+    Py_CLEAR(h->disable);
+    Py_CLEAR(h->task_type);
+    Py_CLEAR(h->cancelled);
+    Py_CLEAR(h->loop_runner);
+    Py_CLEAR(h->info_type);
+    Py_CLEAR(h->template);
+    for (int i = 0; i < N_COUNT; i++) {
+        Py_CLEAR(h->names[i]);
+    }
+    Py_CLEAR(h->s_yield);
+    Py_CLEAR(h->s_task_prefix);
+    Py_CLEAR(h->s_throw_prefix);
+    Py_CLEAR(h->s_open_limit);
+    Py_CLEAR(h->s_buffer_full);
+    Py_CLEAR(h->s_otel_module);
+    code_table_free(&h->codes);
+    meter_table_free(&h->meters);
+    freefunc tp_free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    tp_free(h);
+    Py_DECREF(type);
+}
+
+#define CALLBACK(name, doc)                                                                  \
+    {#name, (PyCFunction)(void (*)(void))Hooks_##name, METH_FASTCALL, PyDoc_STR(doc)}
+
+static PyMethodDef Hooks_methods[] = {
+    CALLBACK(on_start, "PY_START callback"),
+    CALLBACK(on_resume, "PY_RESUME callback"),
+    CALLBACK(on_throw, "PY_THROW callback"),
+    CALLBACK(on_yield, "PY_YIELD callback"),
+    CALLBACK(on_return, "PY_RETURN callback"),
+    CALLBACK(on_unwind, "PY_UNWIND callback"),
+    {"add_code", (PyCFunction)(void (*)(void))Hooks_add_code, METH_FASTCALL, add_code_doc},
+    {"next_span_id", (PyCFunction)Hooks_next_span_id, METH_NOARGS, next_span_id_doc},
+    {"take_meters", (PyCFunction)Hooks_take_meters, METH_NOARGS, take_meters_doc},
+    {"reset", (PyCFunction)Hooks_reset, METH_NOARGS, reset_doc},
+    {"now", (PyCFunction)Hooks_now, METH_NOARGS, now_doc},
+    {"task_created", (PyCFunction)(void (*)(void))Hooks_task_created, METH_FASTCALL,
+     task_created_doc},
+    {"task_bound", (PyCFunction)(void (*)(void))Hooks_task_bound, METH_FASTCALL, task_bound_doc},
+    {"info_for", (PyCFunction)Hooks_info_for, METH_O, info_for_doc},
+    {"_forget_task", (PyCFunction)Hooks_forget_task, METH_O, forget_task_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Hooks_members[] = {
+    {"tasks_seen", Py_T_LONGLONG, offsetof(Hooks, tasks_seen), Py_READONLY,
+     PyDoc_STR("Tasks given a TaskInfo by this object.")},
+    {"next_task_id", Py_T_LONGLONG, offsetof(Hooks, next_task_id), 0,
+     PyDoc_STR("The id the next TaskInfo gets.")},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(Hooks_doc,
+             "Hooks(tracker, layout, config)\n--\n\n"
+             "The sys.monitoring callbacks of one AcceleratedTracker, compiled.");
+
+static PyType_Slot Hooks_slots[] = {
+    {Py_tp_doc, (void *)Hooks_doc},
+    {Py_tp_new, Hooks_new},
+    {Py_tp_dealloc, Hooks_dealloc},
+    {Py_tp_traverse, Hooks_traverse},
+    {Py_tp_clear, Hooks_clear},
+    {Py_tp_methods, Hooks_methods},
+    {Py_tp_members, Hooks_members},
+    {0, NULL},
+};
+
+static PyType_Spec Hooks_spec = {
+    .name = "_accel.Hooks",
+    .basicsize = sizeof(Hooks),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Hooks_slots,
+};
+
+/* -- the module ---------------------------------------------------------------------------- */
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    int result = PyModule_AddObjectRef(module, name, type);
+    Py_DECREF(type);
+    return result;
+}
+
+static int
+accel_exec(PyObject *module)
+{
+    if (add_type(module, &TaskInfo_spec, "TaskInfo") < 0
+        || add_type(module, &Hooks_spec, "Hooks") < 0) {
+        return -1;
+    }
+    return PyModule_AddIntConstant(module, "ABI_VERSION", ABI_VERSION);
+}
+
+static PyModuleDef_Slot accel_slots[] = {
+    {Py_mod_exec, accel_exec},
+    {0, NULL},
+};
+
+PyDoc_STRVAR(accel_doc, "The agent's task tracker callbacks, compiled (see accelerator.py).");
+
+static struct PyModuleDef accel_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_accel",
+    .m_doc = accel_doc,
+    .m_size = 0,
+    .m_slots = accel_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__accel(void)
+{
+    return PyModuleDef_Init(&accel_module);
+}

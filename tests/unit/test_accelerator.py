@@ -1,0 +1,368 @@
+"""The compiled callbacks: the same spans as the pure-Python ones, one binary for 3.12+,
+loaded in a target from the bytes the collector ships, and a silent fallback otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import marshal
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from profiler import wire
+from profiler.agent import accelerator
+from profiler.agent import spans as S
+from profiler.agent.codefilter import CodeFilter
+from profiler.agent.monitoring import Installation, claim_tool_id
+from profiler.agent.settings import ACCELERATOR_ENV, AgentSettings
+from profiler.agent.tasks import LoopWatcher
+from profiler.agent.tracker import Tracker
+from profiler.payload import accelerator_binary, agent_modules, payload
+from tests.conftest import INTERPRETERS, interpreter_params
+
+COMPILED, WHY = accelerator.available()
+needs_compiled = pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {WHY}")
+BOOTSTRAP = Path("profiler/agent/bootstrap.py").resolve()
+TIMES = {wire.SPAN_START, wire.SPAN_END, wire.SPAN_BUSY}
+
+
+# -- the same spans ------------------------------------------------------------------------
+
+
+async def leaf(n: int) -> int:
+    await asyncio.sleep(0)
+    return n
+
+
+async def middle(n: int) -> int:
+    return await leaf(n)
+
+
+async def boom() -> None:
+    await asyncio.sleep(0)
+    raise KeyError("missing")
+
+
+async def forever() -> None:
+    await asyncio.sleep(100)
+
+
+async def survives_cancel() -> str:
+    try:
+        await asyncio.sleep(100)
+    except asyncio.CancelledError:  # thrown into it (PY_THROW), and it carries on
+        await asyncio.sleep(0)
+    return "caught"
+
+
+async def chatty() -> None:
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+async def charge(kind: str) -> None:
+    await asyncio.sleep(0)
+
+
+async def gated(gate: asyncio.Event) -> None:
+    await gate.wait()
+    await leaf(0)
+
+
+async def workload(gate: asyncio.Event) -> None:
+    # `gated` runs once under the tracker, so its code is traced; then the copy that was
+    # waiting since before the tracker started resumes and is adopted.
+    passed = asyncio.Event()
+    passed.set()
+    await gated(passed)
+    gate.set()
+    await asyncio.sleep(0)
+    await middle(1)
+    await asyncio.create_task(middle(2), name="spawned")
+    await asyncio.gather(*(middle(n) for n in range(3)))
+    with contextlib.suppress(KeyError):
+        await boom()
+    doomed = asyncio.create_task(forever())
+    await asyncio.sleep(0)
+    doomed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await doomed
+    stubborn = asyncio.create_task(survives_cancel())
+    await asyncio.sleep(0)
+    stubborn.cancel()
+    assert await stubborn == "caught"
+    await chatty()
+    for kind in ("card", "cash", "card"):
+        await charge(kind)
+    for n in range(8):  # roots of their own: sampled or not by the ratio
+        asyncio.get_running_loop().call_soon(asyncio.ensure_future, middle(n))
+    await asyncio.sleep(0.01)
+
+
+SETTINGS: dict[str, Any] = {
+    "max_events": 10,
+    "sample_ratio": 0.5,
+    "rules": (
+        {"match": "*:charge", "sample_rate": 1.0, "exclude": False, "captures": {"k": "{kind}"}},
+        {"match": "*:workload", "sample_rate": 1.0, "exclude": False},
+        {"match": "*:gated", "sample_rate": 1.0, "exclude": False},
+    ),
+}
+
+
+def run_traced(make: Callable[[AgentSettings, int], Tracker], seed: int) -> Tracker:
+    settings = AgentSettings(**SETTINGS)
+    tracker = make(settings, claim_tool_id("async-inspect-test"))
+    watcher = LoopWatcher(tracker)
+    tracker.on_new_loop = watcher.ensure
+    installation = Installation(tracker.tool, tracker)
+
+    async def main() -> None:
+        # A task already waiting when the agent starts, adopted when it resumes (not by
+        # adopt_existing: all_tasks() has no stable order, so neither would the ids).
+        gate = asyncio.Event()
+        early = asyncio.create_task(gated(gate))
+        await asyncio.sleep(0)
+        installation.install()
+        tracker.watch_selector_wakeups()
+        await workload(gate)
+        await early
+
+    random.seed(seed)
+    try:
+        asyncio.run(main())
+    finally:
+        installation.remove()
+        watcher.restore_all()
+    assert tracker.internal_errors == 0, tracker.last_error
+    return tracker
+
+
+def comparable(tracker: Tracker) -> list[tuple[Any, ...]]:
+    """Every finished span without its times."""
+    spans = []
+    for span in tracker.finished:
+        record = list(S.to_wire(span))
+        for index in TIMES:
+            record[index] = None
+        events = record[wire.SPAN_EVENTS]
+        record[wire.SPAN_EVENTS] = tuple(
+            (events[i], events[i + 2]) for i in range(0, len(events), 3)
+        )
+        name = record[wire.SPAN_TASK_NAME]  # asyncio numbers its tasks across runs
+        if name is not None and name.startswith("Task-"):
+            record[wire.SPAN_TASK_NAME] = "Task-N"
+        spans.append(tuple(record))
+    return spans
+
+
+def python_tracker(settings: AgentSettings, tool: int) -> Tracker:
+    return Tracker(settings, CodeFilter(settings), tool)
+
+
+def compiled_tracker(settings: AgentSettings, tool: int) -> Tracker:
+    tracker, _ = accelerator.new_tracker(settings, CodeFilter(settings), tool)
+    assert isinstance(tracker, accelerator.AcceleratedTracker)
+    return tracker
+
+
+@needs_compiled
+@pytest.mark.parametrize("seed", [1, 2])
+def test_compiled_callbacks_make_the_same_spans_and_meters(seed: int) -> None:
+    # GIVEN the same workload (tasks, failures, a cancellation thrown in and survived, an
+    # event cap, captured attributes, sampling, an adopted task) under both trackers
+    python = run_traced(python_tracker, seed)
+    compiled = run_traced(compiled_tracker, seed)
+    # THEN they finish the very same spans, ids and events included
+    expected = comparable(python)
+    assert len(expected) > 20
+    assert any(s[wire.SPAN_FLAGS] & wire.FLAG_START_UNKNOWN for s in expected)
+    assert any(s[wire.SPAN_ATTRS] == (("k", "cash"),) for s in expected)
+    assert comparable(compiled) == expected
+    assert compiled.all_codes() == python.all_codes()
+    assert compiled.tasks_seen == python.tasks_seen
+    # AND count the same spans, tasks and steps
+    want, got = python.metrics(), compiled.metrics()
+    for snapshot in (want, got):
+        counts = snapshot["spans"]
+        snapshot["spans"] = sorted((code, state, count) for code, state, count, *_ in counts)
+        snapshot["busy_ns"] = snapshot["longest_step_ns"] = 0  # times
+        snapshot["slow_steps"] = {}
+    assert got == want
+
+
+@needs_compiled
+def test_the_clock_is_perf_counter_ns() -> None:
+    tracker = compiled_tracker(AgentSettings(), 5)
+    before = __import__("time").perf_counter_ns()
+    now = tracker._hooks.now()  # type: ignore[attr-defined]
+    after = __import__("time").perf_counter_ns()
+    assert before <= now <= after
+
+
+@needs_compiled
+def test_a_stale_or_mismatched_binary_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a span layout the binary was not compiled for
+    monkeypatch.setattr(S, "FIELDS", 27)
+    tracker, why = accelerator.new_tracker(AgentSettings(), CodeFilter(AgentSettings()), 5)
+    # THEN the pure-Python tracker runs, and says why
+    assert type(tracker) is Tracker
+    assert "span layout changed: SPAN_LEN" in why
+
+
+def test_settings_can_turn_it_off() -> None:
+    settings = AgentSettings(accelerator=False)
+    tracker, why = accelerator.new_tracker(settings, CodeFilter(settings), 5)
+    assert type(tracker) is Tracker and ACCELERATOR_ENV in why
+
+
+# -- what the collector ships ---------------------------------------------------------------
+
+
+@needs_compiled
+def test_payload_ships_the_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ACCELERATOR_ENV, raising=False)
+    body = payload(AgentSettings())
+    binary = accelerator_binary()
+    assert binary is not None and body["accelerator"] == {"path": binary[0], "data": binary[1]}
+    assert binary[0].endswith(".abi3.so")
+    assert len(marshal.dumps(body)) < 4 * 1024 * 1024  # far below the frame limit
+
+
+def test_payload_says_why_when_turned_off_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ACCELERATOR_ENV, "0")
+    body = payload(AgentSettings())
+    assert body["accelerator"] == {"reason": f"disabled by {ACCELERATOR_ENV}=0 on the host"}
+    settings = body["settings"]
+    assert isinstance(settings, dict) and settings["accelerator"] is False
+
+
+# -- loading in a target, on every Python ---------------------------------------------------
+
+# Runs in a fresh interpreter: the bootstrap loads the agent from the payload (as in a
+# target), then a traced workload runs; prints what the agent reports and the spans made.
+PROBE = """
+import asyncio, json, marshal, os, sys
+body = marshal.loads(sys.stdin.buffer.read())
+if os.environ.get("NO_MEMFD"):
+    del os.memfd_create
+ns = {"__name__": "boot"}
+exec(open(BOOTSTRAP).read(), ns)
+agent = ns["_load"](body["modules"], body["accelerator"], ADDRESS)
+accel = sys.modules["_async_inspect.agent.accelerator"]
+from_ = getattr(sys.modules.get("_async_inspect.agent._accel"), "__spec__", None)
+settings = accel.AgentSettings()
+tracker, why = accel.new_tracker(settings, accel.CodeFilter(settings), 2)
+monitoring = sys.modules["_async_inspect.agent.monitoring"]
+sys.monitoring.use_tool_id(2, "probe")
+installation = monitoring.Installation(2, tracker)
+installation.install()
+
+async def leaf():
+    await asyncio.sleep(0)
+
+async def main():
+    await leaf()
+    await asyncio.create_task(leaf())
+
+asyncio.run(main())
+installation.remove()
+print(json.dumps({
+    "accelerated": type(tracker).__name__ == "AcceleratedTracker",
+    "why": why,
+    "origin": getattr(from_, "origin", None),
+    "spans": len(tracker.finished),
+    "errors": tracker.internal_errors,
+    "files": sorted(os.listdir(os.path.dirname(ADDRESS))) if ADDRESS else [],
+}))
+"""
+
+
+def probe(python: str, accel: dict[str, Any] | None, tmp_path: Path, **env: str) -> dict[str, Any]:
+    address = str(tmp_path / "collector.sock")
+    script = PROBE.replace("BOOTSTRAP", repr(str(BOOTSTRAP))).replace("ADDRESS", repr(address))
+    body = {"modules": agent_modules(), "accelerator": accel}
+    result = subprocess.run(
+        [python, "-c", script],
+        input=marshal.dumps(body),
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def shipped() -> dict[str, Any]:
+    binary = accelerator_binary()
+    assert binary is not None
+    return {"path": binary[0], "data": binary[1]}
+
+
+@needs_compiled
+@pytest.mark.parametrize("version", interpreter_params())
+def test_one_binary_serves_every_python(version: str, tmp_path: Path) -> None:
+    # GIVEN the binary this host built, shipped to a target of each CPython version
+    answer = probe(INTERPRETERS[version], shipped(), tmp_path)
+    # THEN it loads from the host's own file (same bytes at the same path) and traces
+    assert answer["accelerated"], answer["why"]
+    assert answer["origin"] == shipped()["path"]
+    assert answer["spans"] == 3 and answer["errors"] == 0
+
+
+@needs_compiled
+def test_a_target_that_sees_other_files_loads_it_from_memory(tmp_path: Path) -> None:
+    # GIVEN a target where the host's path does not exist (another mount namespace)
+    accel = {**shipped(), "path": "/nonexistent/_accel.abi3.so"}
+    answer = probe(INTERPRETERS[min(INTERPRETERS)], accel, tmp_path)
+    # THEN the bytes are mapped from an anonymous memory file: nothing on any disk
+    assert answer["accelerated"], answer["why"]
+    assert answer["origin"].startswith("/proc/self/fd/")
+    assert answer["files"] == [] and answer["spans"] == 3
+
+
+@needs_compiled
+def test_without_memfd_it_uses_the_socket_folder_and_removes_the_file(tmp_path: Path) -> None:
+    accel = {**shipped(), "path": ""}
+    answer = probe(INTERPRETERS[min(INTERPRETERS)], accel, tmp_path, NO_MEMFD="1")
+    assert answer["accelerated"], answer["why"]
+    assert answer["origin"].startswith(str(tmp_path))
+    assert answer["files"] == []  # mapped, then deleted
+
+
+def test_a_binary_the_target_cannot_load_means_pure_python(tmp_path: Path) -> None:
+    # GIVEN bytes that are no shared object for this machine (another architecture, libc...)
+    accel = {"path": "", "data": b"\x7fELF" + b"\0" * 4096}
+    answer = probe(INTERPRETERS[min(INTERPRETERS)], accel, tmp_path)
+    # THEN the agent runs its pure-Python callbacks, says why, and traces as well
+    assert not answer["accelerated"]
+    assert "memfd" in answer["why"] and "socket folder" in answer["why"]
+    assert answer["spans"] == 3 and answer["errors"] == 0 and answer["files"] == []
+
+
+def test_nothing_shipped_or_turned_off_in_the_target(tmp_path: Path) -> None:
+    python = INTERPRETERS[min(INTERPRETERS)]
+    answer = probe(python, {"reason": "not built on the host"}, tmp_path)
+    assert not answer["accelerated"] and "not built on the host" in answer["why"]
+    if COMPILED:
+        answer = probe(python, shipped(), tmp_path, **{ACCELERATOR_ENV: "0"})
+        assert not answer["accelerated"] and answer["origin"] is None
+        assert f"disabled by {ACCELERATOR_ENV}=0" in answer["why"]
+
+
+def test_agent_modules_do_not_ship_sources_of_the_binary() -> None:
+    assert all(not name.endswith(("_accel", "csrc")) for name in agent_modules())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

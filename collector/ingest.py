@@ -26,8 +26,8 @@ from profiler.payload import payload
 
 from .metrics import MetricsStore
 from .session import ProcessSession, ResourceSettings, SpanNames
-from .sinks import SpanSink
-from .spans import build_span
+from .sinks import RecordSink, SpanSink
+from .spans import MALFORMED, build_span
 
 __all__ = ["AgentConnection", "Notice", "SessionHub"]
 
@@ -105,18 +105,28 @@ class SessionHub:
         return True
 
     def emit(self, session: ProcessSession, records: list[tuple[Any, ...]]) -> None:
-        """Turn span records into spans and give them to every sink."""
-        for record in records:
-            try:
-                span = build_span(session, record)
-            except (ValueError, TypeError, KeyError, IndexError):
-                self.malformed_spans += 1
-                continue
-            for sink in self.sinks:
-                sink.on_span(span)
-            self.spans_exported += 1
+        """Give span records to every sink: as they are to record sinks (OTLP), as
+        ReadableSpans, built only if such a sink is configured, to the others."""
+        record_sinks = [sink for sink in self.sinks if isinstance(sink, RecordSink)]
+        span_sinks = [sink for sink in self.sinks if not isinstance(sink, RecordSink)]
+        good = records
+        if span_sinks:
+            good = []
+            for record in records:
+                try:
+                    span = build_span(session, record)
+                except MALFORMED:
+                    self.malformed_spans += 1
+                    continue
+                for sink in span_sinks:
+                    sink.on_span(span)
+                good.append(record)
+        malformed = max((sink.on_records(session, good) for sink in record_sinks), default=0)
+        self.malformed_spans += malformed
+        self.spans_exported += len(good) - malformed
         session.spans_received += len(records)
-        self.metrics.spans_exported = self.spans_exported
+        if not record_sinks:  # else the OTLP exporter counts what its endpoint accepted
+            self.metrics.spans_exported = self.spans_exported
 
 
 def _peer_pid(writer: asyncio.StreamWriter) -> int:

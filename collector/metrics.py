@@ -93,6 +93,7 @@ class MetricsStore:
         self._retired: dict[tuple[str, str, int], _Histogram] = {}
         self.processes_lost: dict[str, int] = {}  # by service
         self.spans_exported = 0
+        self.spans_dropped: dict[str, int] = {}  # by reason, counted by the OTLP exporter
         self.export_failures: dict[str, int] = {}
         self.exporters: dict[str, int] = {}  # configured exporters, at 0 failures
 
@@ -264,9 +265,17 @@ class _Exposition(Collector):
             lost.add_metric([service], store.processes_lost.get(service, 0))
         yield lost
         yield CounterMetricFamily(
-            "async_inspect_spans_exported", "Spans handed to the outputs",
+            "async_inspect_spans_exported",
+            "Spans the OTLP endpoint accepted (without one: spans handed to the outputs)",
             value=store.spans_exported,
         )  # fmt: skip
+        dropped_spans = CounterMetricFamily(
+            "async_inspect_spans_dropped", "Spans that never reached the OTLP endpoint",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in sorted(store.spans_dropped.items()):
+            dropped_spans.add_metric([reason], count)
+        yield dropped_spans
         failures = CounterMetricFamily(
             "async_inspect_export_failures", "Failed export calls", labels=["exporter"]
         )

@@ -24,7 +24,7 @@ from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .jsonl import JsonLinesWriter
 from .metrics import MetricsStore, build_registry
-from .otlp import ExportWatch, build_processor
+from .otlp import ExportWatch, OtlpExporter
 from .session import ResourceSettings, SpanNames
 from .settings import Settings
 from .sinks import ProcessorSink, SpanSink, load_span_processor
@@ -57,7 +57,8 @@ def build_sinks(
     metrics: MetricsStore,
     warn: Callable[[str], None],
 ) -> tuple[list[SpanSink], ExportWatch | None]:
-    """The outputs the settings ask for: terminal trees, JSON lines, OTLP, extra processors."""
+    """The outputs the settings ask for: terminal trees, JSON lines, OTLP, extra processors,
+    and the watch that counts what the OTLP endpoint got (None without an endpoint)."""
     sinks: list[SpanSink] = []
     watch = None
     if tree is not None:
@@ -70,12 +71,12 @@ def build_sinks(
                 f"cannot write {settings.output}: {exc.strerror}", "choose another --output"
             ) from None
         sinks.append(JsonLinesWriter(stream))
+    # Loaded first: a processor that cannot be loaded leaves no exporter thread behind.
+    processors = [ProcessorSink(load_span_processor(path)) for path in settings.span_processors]
     if settings.endpoint:
         watch = ExportWatch(settings.endpoint, warn, metrics)
-        watch.install()
-        sinks.append(ProcessorSink(build_processor(settings, watch)))
-    sinks.extend(ProcessorSink(load_span_processor(path)) for path in settings.span_processors)
-    return sinks, watch
+        sinks.append(OtlpExporter(settings, watch))
+    return sinks + processors, watch
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Summary:
     malformed: int
     flushed: bool
     lost: int = 0  # spans the OTLP endpoint never got
+    lost_by_reason: tuple[tuple[str, int], ...] = ()  # (reason, spans), the nonzero ones
 
 
 class LocalCollector:
@@ -161,13 +163,14 @@ class LocalCollector:
             shutil.rmtree(self._directory, ignore_errors=True)
         if self._rendezvous is not None:
             self._rendezvous.remove()
-        lost = self.export_watch.spans_lost if self.export_watch is not None else 0
+        watch = self.export_watch
         return Summary(
             self.hub.spans_exported,
             len(self.processes_seen),
             self.hub.malformed_spans,
             flushed,
-            lost,
+            watch.spans_lost if watch is not None else 0,
+            tuple((k, n) for k, n in watch.dropped.items() if n) if watch is not None else (),
         )
 
     def _on_notice(self, notice: Notice) -> None:
@@ -181,7 +184,6 @@ class LocalCollector:
             flushed = sink.flush(self.settings.bsp_export_timeout) and flushed
             sink.shutdown()
         if self.export_watch is not None:
-            self.export_watch.uninstall()
             flushed = flushed and self.export_watch.spans_lost == 0
         return flushed
 

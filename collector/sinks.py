@@ -1,19 +1,29 @@
-"""Where finished spans go: OTLP, the terminal, a JSON-lines file, or all of them."""
+"""Where finished spans go: OTLP, the terminal, a JSON-lines file, or all of them.
+
+Two kinds of sink, both called on the collector's event loop thread:
+
+* a `RecordSink` takes the agent's span records as they came (the OTLP exporter encodes
+  them to protobuf itself);
+* a `ReadableSpanSink` takes OpenTelemetry ReadableSpan objects (terminal trees, JSON lines,
+  extra span processors). The hub builds those only when such a sink is configured.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from profiler.errors import ConfigError
 
-__all__ = ["ProcessorSink", "SpanSink", "load_span_processor"]
+from .session import ProcessSession
+
+__all__ = ["ProcessorSink", "ReadableSpanSink", "RecordSink", "SpanSink", "load_span_processor"]
 
 
-class SpanSink(Protocol):
-    """Receives every span the collector builds, on the collector's event loop thread."""
+class ReadableSpanSink(Protocol):
+    """Receives every span as a ReadableSpan."""
 
     def on_span(self, span: ReadableSpan) -> None:
         """Take one finished span; must not block."""
@@ -23,6 +33,23 @@ class SpanSink(Protocol):
 
     def shutdown(self) -> None:
         """Flush and release resources; called once."""
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """Receives the span records of each SPANS frame, with the session they came from."""
+
+    def on_records(self, session: ProcessSession, records: list[tuple[Any, ...]]) -> int:
+        """Take a frame's records; must not block. Returns how many were malformed."""
+
+    def flush(self, timeout_s: float) -> bool:
+        """Push out everything received so far; True if it all went."""
+
+    def shutdown(self) -> None:
+        """Flush and release resources; called once."""
+
+
+SpanSink = ReadableSpanSink | RecordSink
 
 
 class ProcessorSink:

@@ -22,7 +22,7 @@ from profiler.errors import AgentError, AlreadyAttached, AsyncInspectError
 
 from .loop_thread import LoopThread
 from .options import collect_options, settings_from_flags
-from .report import Reporter
+from .report import Reporter, callbacks_note
 
 __all__ = ["attach", "attach_session"]
 
@@ -81,13 +81,16 @@ def attach_session(
             address = loop.run(collector.start(rendezvous))
             try:
                 code = bootstrap_code(address, collector.token)
+                began = time.monotonic()
                 method = inject_bootstrap(target, rendezvous, code, watch.confirmed, timeout)
+                took = time.monotonic() - began
                 if watch.error is not None:
                     raise _agent_error(pid, watch.error)
                 record_session(pid)
                 reporter.say(
-                    f"attached to PID {pid} (Python {target.version_str}, via {method}); "
-                    "Ctrl-C to detach"
+                    f"attached to PID {pid} in {took:.2f}s (Python {target.version_str}, "
+                    f"via {method}, "
+                    f"{callbacks_note(watch.hello)}); Ctrl-C to detach"
                 )
                 outcome = _stream(watch, duration)
                 if outcome != "exited":
@@ -152,9 +155,12 @@ class _SessionWatch:
         self.confirmed = threading.Event()
         self.ended = threading.Event()
         self.error: str | None = None
+        self.hello: dict[str, Any] = {}
 
     def notice(self, notice: Notice) -> None:
         if notice.kind == "started" and notice.pid == self.pid:
+            if notice.session is not None:
+                self.hello = notice.session.hello
             self.confirmed.set()
             return  # attach_session says "attached" itself, with the method
         if notice.kind == "agent_error" and not self.confirmed.is_set():

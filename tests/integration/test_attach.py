@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from profiler.agent import accelerator
 from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params, outside_tmp
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ATTACH_LATENCY = 2.0  # from injection start: the requirement
-CLI_START_ALLOWANCE = 2.0  # importing our CLI (OpenTelemetry, gRPC, aiohttp) on a slow machine
+CLI_START_ALLOWANCE = 10.0  # importing our CLI (OpenTelemetry, gRPC, aiohttp) on a busy machine
 
 
 class Target:
@@ -57,6 +58,15 @@ class Target:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
+
+
+def pod(python: str, tmp_path: Path) -> Target:
+    """An idle probe_app in its own mount and PID namespaces with a private /tmp: a stand-in
+    for a container."""
+    wrapper = tmp_path / "pod.sh"
+    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
+    unshare = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    return Target(python, "idle", prefix=[*unshare, "sh", str(wrapper)])
 
 
 @pytest.fixture
@@ -130,9 +140,14 @@ def test_attach_traces_then_detach_leaves_nothing(
     before = [target.probe(port) for port in target.ports]
     # WHEN async-inspect attaches
     session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
-    latency = session.wait_for("attached")
-    # THEN it takes effect within 2 s (plus the CLI's own start-up)
-    assert latency < ATTACH_LATENCY + CLI_START_ALLOWANCE, latency
+    total = session.wait_for("attached")
+    # THEN it takes effect within 2 s of the injection starting (the CLI reports it), and
+    # the whole command, start-up included, stays within a bound for a loaded machine
+    took = float(session.lines[-1].split(" in ", 1)[1].split("s ", 1)[0])
+    assert took < ATTACH_LATENCY, session.lines[-1]
+    # AND the agent runs the compiled callbacks whenever this installation built them
+    assert ("accelerated" in session.lines[-1]) == accelerator.available()[0], session.lines[-1]
+    assert total < ATTACH_LATENCY + CLI_START_ALLOWANCE, total
     # AND requests on every loop come out as the spec's tree
     for port in target.ports:
         assert target.send("request", port) == "ok"
@@ -204,20 +219,7 @@ def test_attach_to_a_target_in_other_namespaces(
     receiver: OtlpReceiver, targets: list[Target], tmp_path: Path
 ) -> None:
     # GIVEN a target in its own mount and PID namespaces, with a private /tmp
-    python = INTERPRETERS[min(INTERPRETERS)]
-    wrapper = tmp_path / "container.sh"
-    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
-    prefix = [
-        "unshare",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        str(wrapper),
-    ]
-    target = Target(python, "idle", prefix=prefix)
+    target = pod(INTERPRETERS[min(INTERPRETERS)], tmp_path)
     targets.append(target)
     inner = subprocess.run(
         ["pgrep", "-f", "-P", str(target.pid), "probe_app"], capture_output=True, text=True
@@ -396,19 +398,7 @@ def test_attach_from_a_container_with_only_the_charts_capabilities(
 ) -> None:
     # GIVEN a target in its own mount + PID namespaces ("a pod"), and the CLI in yet another
     # mount namespace holding only the capabilities the Helm chart grants ("the DaemonSet")
-    wrapper = tmp_path / "pod.sh"
-    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
-    prefix = [
-        "unshare",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        str(wrapper),
-    ]
-    target = Target(INTERPRETERS[version], "idle", prefix=prefix)
+    target = pod(INTERPRETERS[version], tmp_path)
     targets.append(target)
     pid = _descendant(target.pid)
     caps = CHART_CAPABILITIES

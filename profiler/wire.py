@@ -25,6 +25,8 @@ __all__ = [
     "EVENT_NAMES",
     "HEADER",
     "MAX_BODY",
+    "ORPHANED",
+    "RENDEZVOUS_PREFIX",
     "SPAN_BOUNDS_MS",
     "SPAN_BOUNDS_NS",
     "SPAN_BUCKETS",
@@ -40,6 +42,10 @@ MAGIC: Final = b"AI"
 VERSION: Final = 1
 HEADER: Final = struct.Struct("!2sBBI")
 MAX_BODY: Final = 64 * 1024 * 1024
+# The private folder a collector makes in an attached target's /tmp for its socket; the
+# agent removes it itself when it stops because that collector went away (ORPHANED).
+RENDEZVOUS_PREFIX: Final = "async-inspect-"
+ORPHANED: Final = "collector gone"  # BYE reason, had the collector still been there
 
 # Frame kinds, agent -> collector.
 BOOT: Final = 1  # bootstrap: {"pid", "version", "token", ...}; asks for the agent payload

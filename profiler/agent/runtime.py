@@ -150,6 +150,8 @@ class Agent:
             tracker.clear()
         else:
             self._channel.close()
+        if reason == wire.ORPHANED and self.mode == "attach":
+            _remove_rendezvous(self._channel.address)
         atexit.unregister(self._at_exit)
         with _active_lock:
             if _active is self:
@@ -221,3 +223,17 @@ def _register_fork_hook(agent: Agent) -> None:
         {"ref": weakref.ref(agent)},
     )
     os.register_at_fork(after_in_child=hook)
+
+
+def _remove_rendezvous(address: str) -> None:
+    """Delete the private folder the collector made for us (its socket, the bootstrap
+    script), when the collector died without doing so: nothing is left in our /tmp."""
+    folder = os.path.dirname(address)
+    if address.startswith("@") or not os.path.basename(folder).startswith(wire.RENDEZVOUS_PREFIX):
+        return
+    try:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+    except OSError:
+        pass  # another user's folder, or already gone: nothing more to do

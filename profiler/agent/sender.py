@@ -80,7 +80,7 @@ class Sender:
                 if self.channel.broken:
                     lost_at = now if lost_at is None else lost_at
                     if orphan_timeout and now - lost_at > orphan_timeout:
-                        self._on_stop_request("collector gone")
+                        self._on_stop_request(wire.ORPHANED)
                         return
                     if now >= next_connect:
                         next_connect = now + RECONNECT_EVERY

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 
 from profiler.errors import AttachError, PermissionDenied
+from profiler.wire import RENDEZVOUS_PREFIX
 
 from .process import TargetInfo
 
@@ -58,7 +59,7 @@ def prepare_rendezvous(target: TargetInfo) -> Rendezvous:
     for candidate in _CANDIDATES:
         base = os.path.join(target.root, candidate)
         try:
-            host_dir = tempfile.mkdtemp(prefix="async-inspect-", dir=base)
+            host_dir = tempfile.mkdtemp(prefix=RENDEZVOUS_PREFIX, dir=base)
         except PermissionError as exc:
             errors.append(f"/{candidate}: {exc.strerror}")
             if candidate == "tmp" and not os.access(target.root, os.R_OK):

@@ -239,6 +239,35 @@ def test_daemon_attaches_exactly_the_selected_and_follows_them(
     assert again.stop() == 0
 
 
+def test_a_daemon_that_dies_leaves_nothing_in_its_targets(
+    containers: Callable[..., Container], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    # GIVEN a daemon whose agents give up on a lost collector after 2 s, attached to a
+    # "container" (selected by a token of this test only)
+    token = secrets.token_hex(8)
+    app = containers(ASYNC_INSPECT_TEST_RUN=token)
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[collector]\norphan_timeout = 2\n\n[[select]]\nenv = "ASYNC_INSPECT_TEST_RUN={token}"\n'
+    )
+    daemon = Daemon("--config", str(config))
+    daemons.append(daemon)
+    daemon.wait(lambda p: p.get(app.pid, {}).get("status") == "attached")
+    its_tmp = Path(f"/proc/{app.pid}/root/tmp")
+    assert list(its_tmp.glob("async-inspect-*")), "the rendezvous folder is where we look"
+    # WHEN the daemon dies without detaching (SIGKILL: a crash, an OOM kill)
+    daemon.process.kill()
+    daemon.process.wait(10)
+    # THEN the agent stops on its own and removes the daemon's folder from the target's /tmp
+    deadline = time.monotonic() + 15
+    while list(its_tmp.glob("async-inspect-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not list(its_tmp.glob("async-inspect-*"))
+    # AND nothing of ours is left in the process, which runs on
+    assert json.loads(app.send("probe"))["modules"] == []
+    assert app.send("request") == "ok"
+
+
 def _fake_kube_api(pods: dict[str, Any]) -> tuple[str, Callable[[], None], list[str]]:
     """A loopback API server answering GET /api/v1/pods with a recorded PodList."""
     seen_selectors: list[str] = []

@@ -14,7 +14,10 @@ DROPPED = re.compile(r"agent dropped records: (.*)$")
 DROP_ITEM = re.compile(r"(\d+) \(([^)]+)\)")
 # The exporter's queue overflowed: the SDK's own warning, or the CLI's rate-limited one.
 QUEUE_FULL = ("Queue full, dropping", "the export queue is full")
-OBSERVING = "async-inspect: observing PID"
+# `run` says it is observing a PID; `attach` that it attached (the agent reported either way).
+OBSERVING = ("async-inspect: observing PID", "async-inspect: attached to PID")
+# An attach session's ordinary end.
+SESSION_END = re.compile(r"^async-inspect: (detached from PID \d+|PID \d+ exited)$")
 KEEP = 5  # distinct unexpected lines kept per run
 
 
@@ -22,7 +25,7 @@ KEEP = 5  # distinct unexpected lines kept per run
 class CliLog:
     """Parsed stderr of one async-inspect CLI (the target's own stderr is mixed in)."""
 
-    observed: bool = False  # an agent reported in ("observing PID ...")
+    observed: bool = False  # an agent reported in ("observing PID ...", "attached to PID ...")
     spans_handed: int | None = None  # the CLI's closing line: spans given to its outputs
     spans_lost: int | None = None  # the same line: "N of them never reached the endpoint"
     agent_dropped: dict[str, int] = field(default_factory=dict)
@@ -55,6 +58,8 @@ def _take(log: CliLog, line: str) -> None:
     elif match := DROPPED.search(line):
         for count, reason in DROP_ITEM.findall(match.group(1)):
             log.agent_dropped[reason] = log.agent_dropped.get(reason, 0) + int(count)
+    elif SESSION_END.match(line):
+        pass
     elif line.strip():
         log.unexpected_count += 1
         if line not in log.unexpected and len(log.unexpected) < KEEP:

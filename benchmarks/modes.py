@@ -1,5 +1,5 @@
 """How a target is run in each mode. A mode is a small function that builds the command line;
-modes that act on an already running target (attach) add an `on_ready` step.
+modes that act on an already running target (attach, detach) add an `on_ready` step.
 
 To add a mode: write its command function (and `on_ready` if it needs the target running
 first), then register it in MODES. The order of MODES is the order within a round.
@@ -7,13 +7,21 @@ first), then register it in MODES. The order of MODES is the order within a roun
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .procs import Child, Children, pinned
+import psutil
+
+from .procs import BenchError, Child, Children, pinned
+from .receiver import Receiver
 
 __all__ = ["MODES", "Mode", "ModeContext", "Started"]
+
+ATTACH_TIMEOUT = 60.0  # CLI start-up plus injection, on a loaded machine
+DETACH_TIMEOUT = 60.0  # the session flushes what it captured, then exits
+DWELL = 2.0  # seconds an `after-detach` target runs its workload while attached
 
 
 @dataclass(frozen=True)
@@ -27,19 +35,31 @@ class ModeContext:
     collector_cpu: int | None  # the async-inspect CLI (None: not pinned)
     load_cpu: int | None  # the load generator's, metered as "load core"
     children: Children
+    receiver: Receiver
+    round: int = 1
+
+
+Check = Callable[[], None]  # raises BenchError when what it checks does not hold
 
 
 @dataclass
 class Started:
-    """A target being measured: `outer` carries its stdout; `collector` is the CLI to meter."""
+    """A target being measured: `outer` carries its stdout; `collector` is the CLI to meter.
+
+    `checks` run after the measurement window (a mode's proof that it did what it says);
+    `facts` are numbers a mode reports besides the workload's metrics.
+    """
 
     outer: Child
     target_pid: int
     collector: Child | None
+    checks: list[Check] = field(default_factory=list)
+    facts: dict[str, float] = field(default_factory=dict)
 
 
 Command = Callable[[ModeContext, list[str]], list[str]]
-OnReady = Callable[[ModeContext, Started], None]
+Exercise = Callable[[float], None]  # run the workload's load for that many seconds
+OnReady = Callable[[ModeContext, Started, Exercise], None]
 
 
 def cli(ctx: ModeContext, *args: str) -> list[str]:
@@ -53,11 +73,17 @@ def baseline(ctx: ModeContext, target: list[str]) -> list[str]:
 
 
 def under_run(*flags: str) -> Command:
-    """`async-inspect run FLAGS -- python TARGET` (the CLI spawns the pinned target)."""
+    """`async-inspect run FLAGS -- setsid python TARGET` (the CLI spawns the pinned target).
+
+    `setsid` (no fork: the target is not a group leader) gives the target a session, hence a
+    scheduler autogroup, of its own, as in every other mode. Sharing the CLI's would split
+    that group's weight between the two CPUs by load: the busier the CLI, the less the target
+    weighs against other sessions' work on its CPU, an artefact of a shared machine that
+    would read as our overhead. The runner stops the target's group too."""
 
     def command(ctx: ModeContext, target: list[str]) -> list[str]:
         run = ["run", "--service-name", ctx.service, *flags]
-        return [*cli(ctx, *run), "--", *baseline(ctx, target)]
+        return [*cli(ctx, *run), "--", "setsid", *baseline(ctx, target)]
 
     return command
 
@@ -71,6 +97,88 @@ def exporting(*flags: str) -> Command:
     return command
 
 
+def sampled(ratio: str) -> Command:
+    """Export with `--sampler traceidratio --sampler-arg RATIO`."""
+    return exporting("--sampler", "traceidratio", "--sampler-arg", ratio)
+
+
+def otel_peer(ctx: ModeContext, target: list[str]) -> list[str]:
+    """The target instruments itself with OpenTelemetry's aiohttp-server instrumentation,
+    exporting to the receiver through the SDK (targets/otel_peer.py reads these variables)."""
+    env = ["env", f"BENCH_OTEL_PEER_ENDPOINT={ctx.endpoint}", f"OTEL_SERVICE_NAME={ctx.service}"]
+    return [*env, *baseline(ctx, target)]
+
+
+# ---- attach and detach: act on a target started as in `baseline` ---------------------------
+
+
+def _start_attach(ctx: ModeContext, pid: int, service: str) -> Child:
+    """`async-inspect attach PID` exporting to the receiver; returns once the agent reported."""
+    session = ctx.children.start(
+        f"attach-{service}",
+        cli(ctx, "attach", str(pid), "--endpoint", ctx.endpoint,
+            "--service-name", service, "--no-tree"),
+    )  # fmt: skip
+    session.expect_stderr("async-inspect: attached to PID", ATTACH_TIMEOUT)
+    return session
+
+
+def _threads(pid: int) -> set[int]:
+    """The thread ids of `pid` now."""
+    try:
+        return {thread.id for thread in psutil.Process(pid).threads()}
+    except psutil.Error as exc:
+        raise BenchError(f"cannot read the threads of PID {pid}: {exc}") from None
+
+
+def attach(ctx: ModeContext, started: Started, exercise: Exercise) -> None:
+    """Attach for the whole measurement: the CLI is metered, its session must end by itself
+    when the target exits (every span flushed)."""
+    started.collector = _start_attach(ctx, started.target_pid, ctx.service)
+
+
+def attach_then_detach(ctx: ModeContext, started: Started, exercise: Exercise) -> None:
+    """Attach, let the workload run `DWELL` s, detach (Ctrl-C in odd rounds, `async-inspect
+    detach PID` in even ones), then measure a target that must show no trace of us."""
+    pid = started.target_pid
+    threads_before = _threads(pid)
+    service = f"{ctx.service}-attached"
+    session = _start_attach(ctx, pid, service)
+    exercise(DWELL)
+    if ctx.round % 2:
+        session.signal(signal.SIGINT)
+        how = "Ctrl-C"
+    else:
+        detach = ctx.children.start(f"detach-{ctx.service}", cli(ctx, "detach", str(pid)))
+        status = detach.wait(DETACH_TIMEOUT)
+        ctx.children.stop(detach)
+        if status != 0:
+            raise BenchError(f"`detach {pid}` failed ({status}):\n{detach.stderr_tail()}")
+        how = "detach PID"
+    status = session.wait(DETACH_TIMEOUT)
+    log = session.stderr_path.read_text(errors="replace")
+    ctx.children.stop(session)
+    if status != 0 or f"detached from PID {pid}" not in log:
+        raise BenchError(f"the attach session did not detach ({how}, status {status}):\n{log}")
+    while_attached = ctx.receiver.received(service).spans
+    if not while_attached:
+        raise BenchError(f"0 spans while attached ({how}): the agent did not trace")
+    started.facts["spans_while_attached"] = while_attached
+    # The agent's sender thread must be gone (the app's own threads may end, e.g. W1's
+    # stdin reader once it read "go").
+    started.facts["new_threads_after_detach"] = len(_threads(pid) - threads_before)
+
+    def nothing_left() -> None:
+        extra = _threads(pid) - threads_before
+        if extra:
+            raise BenchError(f"{len(extra)} thread(s) started by the attach still run ({how})")
+        later = ctx.receiver.received(service).spans
+        if later != while_attached:
+            raise BenchError(f"{later - while_attached} spans arrived after detach ({how})")
+
+    started.checks.append(nothing_left)
+
+
 @dataclass(frozen=True)
 class Mode:
     """One way of running the target: `command` starts it, `on_ready` may act on it after."""
@@ -80,12 +188,14 @@ class Mode:
     under_cli: bool  # the started process is the async-inspect CLI (meter its CPU)
     exported_share: float  # share of traces that should reach the receiver (0: no export)
     on_ready: OnReady | None = None
+    workloads: frozenset[str] | None = None  # the workloads it applies to (None: all)
+
+    def applies_to(self, workload: str) -> bool:
+        """Whether this mode is run for `workload`."""
+        return self.workloads is None or workload in self.workloads
 
 
-def sampled(ratio: str) -> Command:
-    """Export with `--sampler traceidratio --sampler-arg RATIO`."""
-    return exporting("--sampler", "traceidratio", "--sampler-arg", ratio)
-
+AIOHTTP = frozenset({"W2", "W3"})
 
 MODES: dict[str, Mode] = {
     mode.name: mode
@@ -95,25 +205,9 @@ MODES: dict[str, Mode] = {
         Mode("run-10pct", sampled("0.1"), under_cli=True, exported_share=0.1),
         Mode("run-1pct", sampled("0.01"), under_cli=True, exported_share=0.01),
         Mode("run-noexport", under_run("--no-tree"), under_cli=True, exported_share=0.0),
-        # ---- attach / detach modes: add here (`async-inspect attach|detach PID` exist) ----
-        # The target starts as in `baseline`; `on_ready` runs once it printed READY (before
-        # warm-up) and sets `started.collector` to the CLI process whose CPU is metered, e.g.
-        #
-        #   def attach(ctx: ModeContext, started: Started) -> None:
-        #       started.collector = ctx.children.start("attach", cli(ctx, "attach",
-        #           str(started.target_pid), "--endpoint", ctx.endpoint,
-        #           "--service-name", ctx.service))
-        #       started.collector.expect_stderr("attached to PID", timeout=30)
-        #
-        #   def attach_then_detach(ctx: ModeContext, started: Started) -> None:
-        #       attach(ctx, started)
-        #       ...run `cli(ctx, "detach", str(started.target_pid))` to completion...
-        #
-        #   Mode("attached", baseline, under_cli=False, exported_share=1.0, on_ready=attach),
-        #   Mode("after-detach", baseline, under_cli=False, exported_share=0.0,
-        #        on_ready=attach_then_detach),
-        #
-        # The runner meters `started.collector`, reads its stderr (cli_log.OBSERVING is the
-        # line that proves an agent reported: match attach's wording there), stops every child.
+        Mode("attached", baseline, under_cli=False, exported_share=1.0, on_ready=attach),
+        Mode("after-detach", baseline, under_cli=False, exported_share=0.0,
+             on_ready=attach_then_detach),
+        Mode("peer-otel", otel_peer, under_cli=False, exported_share=1.0, workloads=AIOHTTP),
     )
-}
+}  # fmt: skip

@@ -3,43 +3,43 @@
     .venv/bin/python -m benchmarks.overhead [--quick] [--rounds N] [--json FILE]
 
 Every round runs each mode once per workload (baseline first), each as its own target
-process pinned to the target CPU; wrk, the async-inspect CLI and the OTLP receiver run on the
-other CPU. Ratios compare a mode with the baseline of the same round. See benchmarks/README.md.
+process pinned to the target CPU; wrk, the async-inspect CLI, the OTLP receiver and W3's
+backend run on the other CPU. Ratios compare a mode with the baseline of the same round.
+See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from .environment import load_note, write_json
 from .modes import MODES, ModeContext
 from .procs import BenchError, Children, clean_environment
 from .receiver import Receiver
 from .runner import Sample, measure_once
 from .summary import BASELINE, ModeSummary, summarize
 from .table import render
-from .workloads import Chains, Http, Workload
+from .workloads import Chains, Http, Service, Workload
 
-DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport")
+DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport", "attached",
+                 "after-detach", "peer-otel")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="2 short rounds (~1.5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (~6 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
-    parser.add_argument("--workloads", default="W1,W2", help="comma-separated (W1,W2)")
+    parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated (W1,W2,W3)")
     parser.add_argument(
         "--modes",
         default=",".join(DEFAULT_MODES),
@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--nice",
         type=int,
         default=0,
-        help="niceness of every benchmark process (e.g. -10, as root, on a shared machine)",
+        help="niceness of every benchmark process, by session (e.g. -10 as root on a shared "
+        "machine; see procs.prioritize)",
     )
     parser.add_argument("--w1-tasks", type=int, default=100)
     parser.add_argument("--w1-warmup", type=float, help="seconds (default 1, --quick 0.5)")
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--w2-connections", type=int, default=50)
     parser.add_argument("--w2-warmup", type=float, help="seconds (default 2, --quick 1)")
     parser.add_argument("--w2-duration", type=float, help="seconds (default 5, --quick 2)")
+    parser.add_argument("--w3-connections", type=int, default=50)
+    parser.add_argument("--w3-items", type=int, default=50, help="line items per order (50)")
+    parser.add_argument("--w3-warmup", type=float, help="seconds (default 2, --quick 1)")
+    parser.add_argument("--w3-duration", type=float, help="seconds (default 5, --quick 2)")
     parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
     return parser.parse_args(argv)
 
@@ -91,10 +96,17 @@ def build_workloads(args: argparse.Namespace) -> list[Workload]:
             pick(args.w2_duration, args.quick, 2.0, 5.0),
             args.load_cpu,
         ),
+        "W3": Service(
+            args.w3_connections,
+            pick(args.w3_warmup, args.quick, 1.0, 2.0),
+            pick(args.w3_duration, args.quick, 2.0, 5.0),
+            args.load_cpu,
+            args.w3_items,
+        ),
     }
     unknown = [name for name in wanted if name not in workloads]
     if unknown:
-        raise SystemExit(f"unknown workload(s): {', '.join(unknown)} (known: W1, W2)")
+        raise SystemExit(f"unknown workload(s): {', '.join(unknown)} (known: W1, W2, W3)")
     return [workloads[name] for name in wanted]
 
 
@@ -113,7 +125,7 @@ def collector_cpu(args: argparse.Namespace) -> int | None:
     return None if args.collector_cpu < 0 else int(args.collector_cpu)
 
 
-def preflight(args: argparse.Namespace, workloads: list[Workload]) -> None:
+def preflight(args: argparse.Namespace, workloads: list[Workload], modes: list[str]) -> None:
     """Refuse to start what cannot work: missing tools, CPUs we do not have."""
     cpus = os.sched_getaffinity(0)
     for cpu in (args.target_cpu, args.load_cpu, collector_cpu(args)):
@@ -125,12 +137,8 @@ def preflight(args: argparse.Namespace, workloads: list[Workload]) -> None:
         raise SystemExit("taskset is missing: apt-get install -y util-linux")
     if any(isinstance(w, Http) for w in workloads) and shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
-
-
-def load_note() -> str:
-    """The machine's load averages: well above our own 1-2 hints at noisy neighbours."""
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (this benchmark alone: 1-2)"
+    if any(m in modes for m in ("attached", "after-detach")) and shutil.which("gdb") is None:
+        print("warning: gdb is missing; attach to a 3.12/3.13 target will fail", file=sys.stderr)
 
 
 def progress(sample: Sample, rounds: int) -> None:
@@ -152,6 +160,11 @@ def progress(sample: Sample, rounds: int) -> None:
         print(f"{head} warning: {warning}", file=sys.stderr, flush=True)
 
 
+def modes_for(workload: Workload, modes: list[str]) -> list[str]:
+    """The modes that apply to `workload` (peer-otel: the aiohttp ones), in order."""
+    return [mode for mode in modes if MODES[mode].applies_to(workload.name)]
+
+
 def run_rounds(
     args: argparse.Namespace,
     workloads: list[Workload],
@@ -162,10 +175,12 @@ def run_rounds(
     """Interleaved A/B: every round runs each workload in every mode, baseline first."""
     receiver = Receiver.start(children, collector_cpu(args))
     print(f"OTLP receiver at {receiver.endpoint}", file=sys.stderr, flush=True)
+    for workload in workloads:
+        workload.prepare(children)
     samples: list[Sample] = []
     for round_no in range(1, rounds + 1):
         for workload in workloads:
-            for mode in modes:
+            for mode in modes_for(workload, modes):
                 ctx = ModeContext(
                     python=args.python,
                     endpoint=receiver.endpoint,
@@ -174,6 +189,8 @@ def run_rounds(
                     collector_cpu=collector_cpu(args),
                     load_cpu=args.load_cpu,
                     children=children,
+                    receiver=receiver,
+                    round=round_no,
                 )
                 sample = measure_once(workload, MODES[mode], ctx, receiver, round_no)
                 progress(sample, rounds)
@@ -187,46 +204,24 @@ def report(
     """Print one table per workload; return the summaries."""
     summaries = {}
     for workload in workloads:
-        summaries[workload.name] = summarize(samples, workload.name, workload.metrics, modes)
+        mine = modes_for(workload, modes)
+        summaries[workload.name] = summarize(samples, workload.name, workload.metrics, mine)
         print()
         print(render(workload.title, rounds, summaries[workload.name], workload.metrics))
     return summaries
 
 
-def source_version() -> str:
-    """The async-inspect commit measured, `+dirty` when the work tree has changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def write_json(
+def write_results(
     path: Path,
     args: argparse.Namespace,
     summaries: dict[str, list[ModeSummary]],
     samples: list[Sample],
 ) -> None:
-    config: dict[str, Any] = {
-        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
-    }
-    config["async_inspect"] = source_version()
     document = {
-        "config": config,
         "summary": {name: [asdict(s) for s in rows] for name, rows in summaries.items()},
         "samples": [asdict(s) for s in samples],
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    write_json(path, vars(args), document)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     workloads = build_workloads(args)
     modes = build_modes(args)
     rounds = args.rounds or (2 if args.quick else 5)
-    preflight(args, workloads)
+    preflight(args, workloads, modes)
     # The harness only reads pipes, but keep it off the target's CPU all the same.
     os.sched_setaffinity(0, {args.load_cpu})
     if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # every child inherits it
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # the harness; children: by session
     logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"before the run: {load_note()}", file=sys.stderr, flush=True)
     try:
-        with Children(logs, clean_environment()).scope() as children:
+        with Children(logs, clean_environment(), args.nice).scope() as children:
             samples = run_rounds(args, workloads, modes, rounds, children)
     except BenchError as exc:
         print(f"benchmark aborted: {exc}", file=sys.stderr)
@@ -266,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = report(workloads, modes, samples, rounds)
     print(f"\n{len(samples)} target runs in {time.monotonic() - started:.0f}s; {load_note()}")
     if args.json:
-        write_json(args.json, args, summaries, samples)
+        write_results(args.json, args, summaries, samples)
     failed = sum(not s.ok for s in samples)
     if failed:
         print(f"\n!! {failed} of {len(samples)} measurements FAILED (see above)")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 from .cli_log import CliLog, read_cli_log
 from .meter import Meter, Window
 from .modes import Mode, ModeContext, Started
-from .procs import BenchError, Children
+from .procs import BenchError, Children, prioritize
 from .receiver import Received, Receiver
 from .workloads import Workload, field_value
 
@@ -32,6 +33,7 @@ class Sample:
     received: Received | None = None
     cli: CliLog | None = None
     exit_status: int | None = None
+    facts: dict[str, float] = field(default_factory=dict)  # what the mode itself reported
     wall_s: float = 0.0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -92,8 +94,15 @@ def _drive(
     """Wait for READY, run the mode's `on_ready`, measure, then let the target exit."""
     ready = started.outer.expect("READY", READY_TIMEOUT)
     started.target_pid = int(field_value(ready, "pid"))
+    if started.target_pid != started.outer.pid and _leads_group(started.target_pid):
+        ctx.children.adopt_group(started.target_pid)  # under `run ... -- setsid`
+    if ctx.children.nice:
+        prioritize(started.target_pid, ctx.children.nice)  # its own session: see under_run
     if mode.on_ready is not None:
-        mode.on_ready(ctx, started)
+        try:
+            mode.on_ready(ctx, started, lambda seconds: workload.exercise(started, ready, seconds))
+        finally:
+            sample.facts.update(started.facts)
     collector_pid = started.collector.pid if started.collector is not None else None
     meter = Meter(started.target_pid, collector_pid, receiver_pid, ctx.target_cpu, ctx.load_cpu)
     sample.metrics, sample.window = workload.measure(started, ready, meter)
@@ -101,6 +110,8 @@ def _drive(
         value = metric.derive(sample.metrics, sample.window.target_share)
         if value is not None:
             sample.metrics[metric.key] = value
+    for check in started.checks:
+        check()
     # Let the target (and the CLI around it) exit by itself, exports flushed.
     workload.finish(started)
     sample.exit_status = started.outer.wait(EXIT_TIMEOUT)
@@ -109,6 +120,14 @@ def _drive(
             f"{started.outer.name} exited with status {sample.exit_status}; "
             f"stderr:\n{started.outer.stderr_tail()}"
         )
+    session = started.collector
+    if session is not None and session is not started.outer:
+        # An attach session ends by itself when its target exits, after flushing its spans.
+        status = session.wait(EXIT_TIMEOUT)
+        if status != 0:
+            raise BenchError(
+                f"{session.name} exited with status {status}; stderr:\n{session.stderr_tail()}"
+            )
 
 
 def _check(sample: Sample, mode: Mode) -> None:
@@ -147,3 +166,14 @@ def _stop(children: Children, started: Started) -> None:
     for child in (started.outer, started.collector):
         if child is not None:
             children.stop(child)
+    # A target that leads its own group (under `run ... -- setsid`) outlives the CLI's.
+    pid = started.target_pid
+    if pid and pid != started.outer.pid:
+        children.stop_group(pid)
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except (ProcessLookupError, PermissionError):
+        return False

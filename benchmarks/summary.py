@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .runner import Sample
 from .workloads import Metric
 
-__all__ = ["ModeSummary", "Spread", "spread", "summarize"]
+__all__ = ["ModeSummary", "Spread", "percentile", "spread", "summarize"]
 
 BASELINE = "baseline"
 
@@ -29,6 +29,17 @@ def spread(values: Sequence[float]) -> Spread | None:
     if not values:
         return None
     return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q` quantile (0-1) of `values`, linearly interpolated (NaN when there are none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass
@@ -54,6 +65,7 @@ class ModeSummary:
     agent_dropped: dict[str, Spread | None] = field(default_factory=dict)
     queue_full_runs: int = 0  # runs whose CLI warned that its export queue was full
     http_errors: Spread | None = None
+    facts: dict[str, Spread | None] = field(default_factory=dict)  # a mode's own numbers
     unexpected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -82,6 +94,15 @@ def _summarize_mode(
     for metric in metrics:
         key = metric.key
         summary.absolute[key] = spread([s.metrics[key] for s in good if key in s.metrics])
+        if mode == BASELINE:
+            # The noise floor: each round's baseline against their median.
+            middle = summary.absolute[key]
+            summary.ratios[key] = spread(
+                [s.metrics[key] / middle.median for s in good if key in s.metrics]
+                if middle is not None and middle.median
+                else []
+            )
+            continue
         summary.ratios[key] = spread(
             [
                 s.metrics[key] / baselines[s.round].metrics[key]
@@ -90,6 +111,8 @@ def _summarize_mode(
             ]
         )
     _add_costs(summary, good)
+    for name in sorted({name for s in good for name in s.facts}):
+        summary.facts[name] = spread([s.facts[name] for s in good if name in s.facts])
     _add_logs(summary, good)
     summary.failures = [f"round {s.round}: {s.error}" for s in runs if not s.ok]
     summary.warnings = [f"round {s.round}: {w}" for s in runs for w in s.warnings]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from .summary import ModeSummary, Spread
 from .workloads import Metric
 
-__all__ = ["render"]
+__all__ = ["grid", "render"]
 
 
 def _ratio(value: Spread | None) -> str:
@@ -44,7 +44,8 @@ def _cpu(summary: ModeSummary) -> str:
     return f"{summary.collector_cpu_s.median:.2f}s{suffix}"
 
 
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+def grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A text table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -77,7 +78,7 @@ def _main_table(summaries: Sequence[ModeSummary], metrics: Sequence[Metric]) -> 
             _percent(summary.load_core_busy),
         ]
         rows.append(row)
-    return _grid(header, rows)
+    return grid(header, rows)
 
 
 def _drops(summary: ModeSummary) -> str:
@@ -108,7 +109,7 @@ def _log_table(summaries: Sequence[ModeSummary]) -> list[str]:
         ]
         for s in under_cli
     ]
-    return ["", "what async-inspect reported on stderr (medians per run):", *_grid(header, rows)]
+    return ["", "what async-inspect reported on stderr (medians per run):", *grid(header, rows)]
 
 
 def _notes(summaries: Sequence[ModeSummary]) -> list[str]:
@@ -125,6 +126,9 @@ def _notes(summaries: Sequence[ModeSummary]) -> list[str]:
             )
         if s.http_errors is not None and s.http_errors.max:
             lines.append(f"!  {s.workload} {s.mode}: wrk saw errors (max {s.http_errors.max:,.0f})")
+        if s.facts:
+            facts = ", ".join(f"{name} {_count_range(value)}" for name, value in s.facts.items())
+            lines.append(f"   {s.workload} {s.mode}: {facts}")
         for line in s.unexpected:
             lines.append(f"   {s.workload} {s.mode} stderr: {line[:160]}")
     return lines

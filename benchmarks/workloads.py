@@ -1,7 +1,8 @@
-"""The two workloads: how each target is driven and what it measures.
+"""The workloads: how each target is driven and what it measures.
 
 W1 `chains` measures itself (targets/chains.py prints its RESULT line); W2 `http` is an
-aiohttp server (targets/hello_server.py) driven by wrk from the load CPU.
+aiohttp server (targets/hello_server.py) and W3 `service` an aiohttp service with a TCP
+backend (targets/service_app.py, targets/kv_backend.py), both driven by wrk from the load CPU.
 """
 
 from __future__ import annotations
@@ -9,15 +10,17 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .meter import Meter, Window
 from .modes import Started
-from .procs import BenchError, pinned
+from .procs import BenchError, Children, pinned
 
-__all__ = ["Chains", "Http", "Metric", "Workload", "parse_wrk"]
+__all__ = ["Chains", "Http", "Metric", "Service", "Workload", "parse_wrk"]
 
 TARGETS = Path(__file__).resolve().parent / "targets"
 LINE_SLACK = 30.0  # seconds beyond the expected time before a target counts as stuck
@@ -46,8 +49,16 @@ class Workload(Protocol):
     title: str
     metrics: tuple[Metric, ...]
 
+    def prepare(self, children: Children) -> None:
+        """Start what every run of this workload shares (W3's backend), once."""
+        ...
+
     def target(self) -> list[str]:
         """The target script and its arguments (the interpreter comes from the mode)."""
+        ...
+
+    def exercise(self, started: Started, ready_line: str, seconds: float) -> None:
+        """Run the workload's load for `seconds`, unmeasured (a mode's warm-up)."""
         ...
 
     def measure(
@@ -81,6 +92,12 @@ class Chains:
     def __init__(self, tasks: int, warmup: float, duration: float) -> None:
         self.tasks, self.warmup, self.duration = tasks, warmup, duration
         self.title = f"W1 chains: {tasks} tasks, 3-deep chain + sleep(0), {duration:g}s window"
+
+    def prepare(self, children: Children) -> None:
+        pass
+
+    def exercise(self, started: Started, ready_line: str, seconds: float) -> None:
+        time.sleep(seconds)  # its workers run from READY on
 
     def target(self) -> list[str]:
         return [
@@ -122,13 +139,23 @@ class Http:
             f"W2 http: aiohttp hello world, wrk -t1 -c{connections} -d{duration:g}s --latency"
         )
 
+    def prepare(self, children: Children) -> None:
+        pass
+
     def target(self) -> list[str]:
         return [str(TARGETS / "hello_server.py")]
+
+    def url(self, ready_line: str) -> str:
+        """Where wrk sends its requests."""
+        return f"http://127.0.0.1:{field_value(ready_line, 'port')}/"
+
+    def exercise(self, started: Started, ready_line: str, seconds: float) -> None:
+        self._wrk(self.url(ready_line), seconds)
 
     def measure(
         self, started: Started, ready_line: str, meter: Meter
     ) -> tuple[dict[str, float], Window]:
-        url = f"http://127.0.0.1:{field_value(ready_line, 'port')}/"
+        url = self.url(ready_line)
         self._wrk(url, self.warmup)
         meter.begin()
         output = self._wrk(url, self.duration)
@@ -140,9 +167,10 @@ class Http:
         started.outer.signal(signal.SIGTERM)
 
     def _wrk(self, url: str, seconds: float) -> str:
+        whole = max(1, round(seconds))  # wrk takes whole seconds only
         argv = pinned(
             self.load_cpu,
-            ["wrk", "-t1", f"-c{self.connections}", f"-d{seconds:g}s", "--latency",
+            ["wrk", "-t1", f"-c{self.connections}", f"-d{whole}s", "--latency",
              "--timeout", "2s", url],
         )  # fmt: skip
         try:
@@ -156,6 +184,50 @@ class Http:
         if done.returncode != 0:
             raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
+
+
+class Service(Http):
+    """W3: a typical service (~1 ms of work per request: a backend round trip, JSON, three
+    nested application coroutines) under wrk; requests per second and p99 latency.
+
+    Its backend, kv_backend.py, is one process for the whole benchmark, started by `prepare`
+    and pinned with the load generator: it is the service's environment, not the target.
+    """
+
+    name = "W3"
+
+    def __init__(
+        self,
+        connections: int,
+        warmup: float,
+        duration: float,
+        load_cpu: int | None,
+        items: int = 50,
+    ) -> None:
+        super().__init__(connections, warmup, duration, load_cpu)
+        self.items = items
+        self.backend_port: int | None = None
+        self.title = (
+            f"W3 service: aiohttp + TCP backend, {items}-item orders, ~1 ms/request, "
+            f"wrk -t1 -c{connections} -d{duration:g}s --latency"
+        )
+
+    def prepare(self, children: Children) -> None:
+        backend = children.start(
+            "kv-backend",
+            pinned(self.load_cpu, [sys.executable, str(TARGETS / "kv_backend.py"),
+                                   "--items", str(self.items)]),
+        )  # fmt: skip
+        self.backend_port = int(field_value(backend.expect("READY", 30.0), "port"))
+
+    def target(self) -> list[str]:
+        if self.backend_port is None:
+            raise BenchError("W3's backend was not started (Service.prepare)")
+        return [str(TARGETS / "service_app.py"), "--backend-port", str(self.backend_port),
+                "--pool", str(self.connections + 14)]  # fmt: skip
+
+    def url(self, ready_line: str) -> str:
+        return f"http://127.0.0.1:{field_value(ready_line, 'port')}/order/1042"
 
 
 UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

@@ -2,7 +2,9 @@
 
 Plain aiohttp: it must run unchanged under `python` and under `async-inspect run`.
 Prints `READY pid=<pid> port=<port>` (flushed) once it accepts connections, and shuts
-down cleanly on SIGTERM or SIGINT, so an agent in it can say goodbye.
+down cleanly on SIGTERM or SIGINT, so an agent in it can say goodbye. With
+BENCH_OTEL_PEER_ENDPOINT set it instruments itself with OpenTelemetry's aiohttp-server
+instrumentation first (the `peer-otel` mode, see otel_peer.py).
 
 Usage: hello_server.py [--port N]   (0, the default: a free port)
 """
@@ -15,6 +17,7 @@ import os
 import signal
 
 from aiohttp import web
+from otel_peer import instrument_if_asked  # type: ignore[import-not-found,unused-ignore]
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -22,6 +25,7 @@ async def hello(request: web.Request) -> web.Response:
 
 
 async def serve(port: int) -> None:
+    instrument_if_asked()
     app = web.Application()
     app.router.add_get("/", hello)
     runner = web.AppRunner(app, access_log=None)

@@ -20,13 +20,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .environment import load_note, write_json
-from .procs import BenchError, Children, clean_environment, pinned, prioritize
+from .harness import add_run_options, run_children
+from .procs import BenchError, Children, pinned, prioritize
 from .summary import percentile
 from .table import grid
 from .workloads import field_value
@@ -91,11 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cli-cpu", type=int, default=1, help="CPU of the async-inspect CLI (1; -1: any)"
     )
-    parser.add_argument(
-        "--nice", type=int, default=0, help="niceness of every process started (e.g. -10, root)"
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
-    parser.add_argument("--logs", type=Path, help="keep every process's output in this folder")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
@@ -264,36 +260,28 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("taskset") is None:
         raise SystemExit("taskset is missing: apt-get install -y util-linux")
     cli_cpu = None if args.cli_cpu < 0 else args.cli_cpu
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-attach-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"{runs_each} runs x {len(pythons)} interpreters x {len(kinds)} kinds; "
-          f"before: {load_note('~1')}", file=sys.stderr, flush=True)  # fmt: skip
     results: list[Run] = []
     startup: list[float] = []
     floor: list[float] = []
-    try:
-        with Children(logs, clean_environment(), args.nice).scope() as children:
-            for run in range(1, runs_each + 1):
-                # The CLI's own start-up: the interpreter, every import, click.
-                startup.append(timed(cli(cli_cpu, "--version"), args.nice))
-                floor.append(timed(pinned(cli_cpu, [sys.executable, "-c", "pass"]), args.nice))
-                for version, python in pythons.items():
-                    for kind in kinds:
-                        result = attach_once(children, python, version, kind, run, args)
-                        results.append(result)
-                        shown = "FAILED " + str(result.error) if result.error else (
-                            f"{result.seconds:.2f}s via {result.method}")  # fmt: skip
-                        print(f"[run {run}/{runs_each} {version} {kind:<6}] {shown}",
-                              file=sys.stderr, flush=True)  # fmt: skip
-    except BenchError as exc:
-        print(f"benchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.logs is None:
-            shutil.rmtree(logs, ignore_errors=True)
+
+    def body(children: Children, logs: Path) -> None:
+        for run in range(1, runs_each + 1):
+            # The CLI's own start-up: the interpreter, every import, click.
+            startup.append(timed(cli(cli_cpu, "--version"), args.nice))
+            floor.append(timed(pinned(cli_cpu, [sys.executable, "-c", "pass"]), args.nice))
+            for version, python in pythons.items():
+                for kind in kinds:
+                    result = attach_once(children, python, version, kind, run, args)
+                    results.append(result)
+                    shown = "FAILED " + str(result.error) if result.error else (
+                        f"{result.seconds:.2f}s via {result.method}")  # fmt: skip
+                    print(f"[run {run}/{runs_each} {version} {kind:<6}] {shown}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+
+    banner = f"{runs_each} runs x {len(pythons)} interpreters x {len(kinds)} kinds; "
+    stopped = run_children(args, "attach", body, banner, own_load="~1")
+    if stopped is not None:
+        return stopped
     rows = summarize(results, startup)
     print()
     print(render(rows, startup, floor))

@@ -20,7 +20,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -30,7 +29,8 @@ from typing import Any
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .procs import BenchError, Child, Children, clean_environment, pinned
+from .harness import add_run_options, run_children
+from .procs import BenchError, Child, Children, pinned
 from .receiver import Receiver
 from .table import grid
 from .workloads import field_value
@@ -213,11 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter of the apps")
     parser.add_argument("--target-cpu", type=int, default=0, help="CPU of the apps (0)")
     parser.add_argument("--collector-cpu", type=int, default=1, help="daemon CPU (1; -1: any)")
-    parser.add_argument(
-        "--nice", type=int, default=0, help="niceness of every process started (e.g. -10, root)"
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE")
-    parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     args.counts = args.counts or ("0,1,10" if args.quick else "0,1,10,50")
     args.window = args.window or (10.0 if args.quick else 30.0)
@@ -231,30 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.counts.split(",") if n.strip()]
     if shutil.which("gdb") is None:
         print("warning: gdb is missing: 3.12/3.13 apps cannot be attached", file=sys.stderr)
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-daemon-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"before: {load_note()}", file=sys.stderr, flush=True)
     results: list[CountResult] = []
-    try:
-        with Children(logs, clean_environment(), args.nice).scope() as children:
-            receiver = Receiver.start(children, args.collector_cpu)
-            for apps in counts:
-                result = measure_count(children, receiver, args, apps, logs)
-                results.append(result)
-                shown = result.error or (
-                    f"attached in {result.attached_after_s:.1f}s, CPU {result.cpu_percent:.1f}%, "
-                    f"RSS {result.rss_mb:.0f} MB"
-                )
-                print(f"[{apps} apps] {shown}", file=sys.stderr, flush=True)
-    except BenchError as exc:
-        print(f"benchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.logs is None:
-            shutil.rmtree(logs, ignore_errors=True)
+
+    def body(children: Children, logs: Path) -> None:
+        receiver = Receiver.start(children, args.collector_cpu)
+        for apps in counts:
+            result = measure_count(children, receiver, args, apps, logs)
+            results.append(result)
+            shown = result.error or (
+                f"attached in {result.attached_after_s:.1f}s, CPU {result.cpu_percent:.1f}%, "
+                f"RSS {result.rss_mb:.0f} MB"
+            )
+            print(f"[{apps} apps] {shown}", file=sys.stderr, flush=True)
+
+    stopped = run_children(args, "daemon", body)
+    if stopped is not None:
+        return stopped
     print()
     print(render(results, args))
     print(f"\n{load_note()}")

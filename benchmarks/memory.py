@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -32,7 +30,8 @@ from typing import Any
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .procs import BenchError, Child, Children, clean_environment, pinned
+from .harness import add_run_options, run_children
+from .procs import BenchError, Child, Children, pinned
 from .receiver import Receiver
 from .summary import Spread, spread
 from .table import grid
@@ -350,11 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter of the targets")
     parser.add_argument("--target-cpu", type=int, default=0)
     parser.add_argument("--collector-cpu", type=int, default=1, help="CLI/daemon CPU (-1: any)")
-    parser.add_argument(
-        "--nice", type=int, default=0, help="niceness of every process started (e.g. -10, root)"
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE")
-    parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 1.0)
@@ -366,35 +361,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",")}
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-memory-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"before: {load_note()}", file=sys.stderr, flush=True)
     samples: list[TaskSample] = []
     rss: dict[str, Any] | None = None
     failed = 0
-    try:
-        with Children(logs, clean_environment(), args.nice).scope() as children:
-            if "tasks" in parts:
-                for round_no in range(1, args.rounds + 1):
-                    for measure in MEASURES:
-                        for mode in MODES:
-                            sample = live_tasks_once(children, args, mode, measure, round_no)
-                            samples.append(sample)
-                            shown = sample.error or f"grew {sample.grew_bytes:,} bytes"
-                            print(f"[round {round_no} {measure:<11} {mode:<8}] {shown}",
-                                  file=sys.stderr, flush=True)  # fmt: skip
-            if "daemon" in parts:
-                try:
-                    rss = daemon_rss(children, args, logs)
-                except BenchError as exc:
-                    print(f"!! daemon RSS run FAILED: {exc}", file=sys.stderr)
-                    failed += 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.logs is None:
-            shutil.rmtree(logs, ignore_errors=True)
+
+    def body(children: Children, logs: Path) -> None:
+        nonlocal failed, rss
+        if "tasks" in parts:
+            for round_no in range(1, args.rounds + 1):
+                for measure in MEASURES:
+                    for mode in MODES:
+                        sample = live_tasks_once(children, args, mode, measure, round_no)
+                        samples.append(sample)
+                        shown = sample.error or f"grew {sample.grew_bytes:,} bytes"
+                        print(f"[round {round_no} {measure:<11} {mode:<8}] {shown}",
+                              file=sys.stderr, flush=True)  # fmt: skip
+        if "daemon" in parts:
+            try:
+                rss = daemon_rss(children, args, logs)
+            except BenchError as exc:
+                print(f"!! daemon RSS run FAILED: {exc}", file=sys.stderr)
+                failed += 1
+
+    stopped = run_children(args, "memory", body)
+    if stopped is not None:
+        return stopped
     rows = per_task(samples) if samples else []
     if rows:
         print()

@@ -14,14 +14,14 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .environment import load_note, write_json
+from .harness import add_run_options, run_children
 from .modes import MODES, ModeContext
-from .procs import BenchError, Children, clean_environment
+from .procs import Children
 from .receiver import Receiver
 from .runner import Sample, measure_once
 from .summary import BASELINE, ModeSummary, summarize
@@ -38,7 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="2 short rounds (~6 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated (W1,W2,W3)")
     parser.add_argument(
         "--modes",
@@ -54,13 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU of the async-inspect CLI and the OTLP receiver (default: the load CPU; "
         "-1: not pinned)",
     )
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="niceness of every benchmark process, by session (e.g. -10 as root on a shared "
-        "machine; see procs.prioritize)",
-    )
     parser.add_argument("--w1-tasks", type=int, default=100)
     parser.add_argument("--w1-warmup", type=float, help="seconds (default 1, --quick 0.5)")
     parser.add_argument("--w1-duration", type=float, help="seconds (default 3, --quick 1.5)")
@@ -71,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--w3-items", type=int, default=50, help="line items per order (50)")
     parser.add_argument("--w3-warmup", type=float, help="seconds (default 2, --quick 1)")
     parser.add_argument("--w3-duration", type=float, help="seconds (default 5, --quick 2)")
-    parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
@@ -234,30 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {args.load_cpu})
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # the harness; children: by session
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-bench-"))
-    logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     where = collector_cpu(args)
-    print(
+    samples: list[Sample] = []
+
+    def body(children: Children, logs: Path) -> None:
+        samples.extend(run_rounds(args, workloads, modes, rounds, children))
+
+    banner = (
         f"{rounds} rounds x {len(workloads)} workloads x {len(modes)} modes; target on CPU "
         f"{args.target_cpu}, wrk on CPU {args.load_cpu}, CLI and receiver on "
-        f"{'any CPU' if where is None else f'CPU {where}'}",
-        file=sys.stderr,
-        flush=True,
+        f"{'any CPU' if where is None else f'CPU {where}'}\n"
     )
-    print(f"before the run: {load_note()}", file=sys.stderr, flush=True)
-    try:
-        with Children(logs, clean_environment(), args.nice).scope() as children:
-            samples = run_rounds(args, workloads, modes, rounds, children)
-    except BenchError as exc:
-        print(f"benchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.logs is None:
-            shutil.rmtree(logs, ignore_errors=True)
+    stopped = run_children(args, "bench", body, banner)
+    if stopped is not None:
+        return stopped
     summaries = report(workloads, modes, samples, rounds)
     print(f"\n{len(samples)} target runs in {time.monotonic() - started:.0f}s; {load_note()}")
     if args.json:

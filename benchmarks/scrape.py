@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,8 @@ from pathlib import Path
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .procs import BenchError, Children, clean_environment, pinned
+from .harness import add_run_options, run_children
+from .procs import BenchError, Children, pinned
 from .receiver import Receiver
 from .summary import percentile
 from .table import grid
@@ -154,11 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter of the target")
     parser.add_argument("--target-cpu", type=int, default=0)
     parser.add_argument("--collector-cpu", type=int, default=1, help="the CLI's CPU (-1: any)")
-    parser.add_argument(
-        "--nice", type=int, default=0, help="niceness of every process started (e.g. -10, root)"
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE")
-    parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     args.scrapes = args.scrapes or (20 if args.quick else 100)
     if args.collector_cpu < 0:
@@ -169,29 +164,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = [int(n) for n in args.names.split(",") if n.strip()]
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="async-inspect-scrape-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"before: {load_note()}", file=sys.stderr, flush=True)
     results: list[SizeResult] = []
-    try:
-        with Children(logs, clean_environment(), args.nice).scope() as children:
-            receiver = None if args.no_export else Receiver.start(children, args.collector_cpu)
-            for names in sizes:
-                result = measure_size(children, receiver, args, names)
-                results.append(result)
-                shown = result.error or (
-                    f"{result.series:,} series, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms"
-                )
-                print(f"[{names} names] {shown}", file=sys.stderr, flush=True)
-    except BenchError as exc:
-        print(f"benchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.logs is None:
-            shutil.rmtree(logs, ignore_errors=True)
+
+    def body(children: Children, logs: Path) -> None:
+        receiver = None if args.no_export else Receiver.start(children, args.collector_cpu)
+        for names in sizes:
+            result = measure_size(children, receiver, args, names)
+            results.append(result)
+            shown = result.error or (
+                f"{result.series:,} series, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms"
+            )
+            print(f"[{names} names] {shown}", file=sys.stderr, flush=True)
+
+    stopped = run_children(args, "scrape", body)
+    if stopped is not None:
+        return stopped
     print()
     print(render(results, args))
     print(f"\n{load_note()}")

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 
 from aiohttp import web
 from otel_peer import instrument_if_asked  # type: ignore[import-not-found,unused-ignore]
+from serving import serve_until_signalled  # type: ignore[import-not-found,unused-ignore]
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -28,20 +27,7 @@ async def serve(port: int) -> None:
     instrument_if_asked()
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY pid={os.getpid()} port={bound}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(app, port)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 from typing import Any
 
 from aiohttp import web
 from otel_peer import instrument_if_asked  # type: ignore[import-not-found,unused-ignore]
+from serving import serve_until_signalled  # type: ignore[import-not-found,unused-ignore]
 
 POOL: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
 REPEAT = 1  # how many times the response is rendered: the knob for ~1 ms of work
@@ -83,20 +82,9 @@ async def serve(port: int, backend_port: int, pool: int) -> None:
     await open_pool(backend_port, pool)
     app = web.Application()
     app.router.add_get("/order/{order_id}", handle_order)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY pid={os.getpid()} port={bound}", flush=True)
     try:
-        await stop.wait()
+        await serve_until_signalled(app, port)
     finally:
-        await runner.cleanup()
         while not POOL.empty():
             POOL.get_nowait()[1].close()
 

@@ -52,6 +52,32 @@ pop_open(Hooks *h, PyObject *frame)
     return span;
 }
 
+/* A new reference to the span of the running frame, taken out of `open` if `take`; NULL
+ * with no exception if there is none. With `code`, only for a code object we trace (for
+ * the events that come for every frame). */
+static PyObject *
+running_span(Hooks *h, PyObject *code, int take)
+{
+    if (code != NULL) {
+        CodeSlot *slot = code_find(&h->codes, code);
+        if (slot == NULL || slot->code_id == 0) {
+            return NULL;
+        }
+    }
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    if (frame == NULL) {
+        return NULL;
+    }
+    return take ? pop_open(h, frame) : Py_XNewRef(PyDict_GetItemWithError(h->open, frame));
+}
+
+/* What a callback returns: None, after reporting the pending error if there is one. */
+static PyObject *
+done(Hooks *h)
+{
+    return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+}
+
 /* -- the sys.monitoring callbacks ------------------------------------------------------ */
 
 /* PY_START(code, offset): open a span, or DISABLE this code for good if it is not traced. */
@@ -168,59 +194,38 @@ Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_INCREF(span);
-    int failed = resumed(h, span, NULL) < 0;
+    resumed(h, span, NULL);
     Py_DECREF(span);
-    if (failed) {
-        return fault(h);
-    }
-    Py_RETURN_NONE;
+    return done(h);
 }
 
 /* PY_THROW(code, offset, exception): global, so it comes for every frame; never DISABLE. */
 static PyObject *
 Hooks_on_throw(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 3) {
-        Py_RETURN_NONE;
-    }
-    CodeSlot *slot = code_find(&h->codes, args[0]);
-    if (slot == NULL || slot->code_id == 0) {
-        Py_RETURN_NONE;
-    }
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    if (frame == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    PyObject *span = nargs < 3 ? NULL : running_span(h, args[0], 0);
     if (span == NULL) {
-        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+        return done(h);
     }
-    Py_INCREF(span);
     PyObject *name = PyType_GetName(Py_TYPE(args[2]));
     PyObject *detail = name != NULL ? PyUnicode_Concat(h->s_throw_prefix, name) : NULL;
     Py_XDECREF(name);
-    int failed = detail == NULL || resumed(h, span, detail) < 0;
+    if (detail != NULL) {
+        resumed(h, span, detail);
+    }
     Py_XDECREF(detail);
     Py_DECREF(span);
-    if (failed) {
-        return fault(h);
-    }
-    Py_RETURN_NONE;
+    return done(h);
 }
 
 /* PY_YIELD(code, offset, value): suspended; the innermost span records `blocked`. */
 static PyObject *
 Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    if (frame == NULL || nargs < 3) {
-        Py_RETURN_NONE;
-    }
-    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    PyObject *span = nargs < 3 ? NULL : running_span(h, NULL, 0);
     if (span == NULL) {
-        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+        return done(h);
     }
-    Py_INCREF(span);
     int64_t t = now_ns(), resumed_at;
     PyObject *detail = NULL;
     if (get_int(span, RESUMED, &resumed_at) < 0) {
@@ -284,51 +289,29 @@ Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         wake_set(&h->wakes, PyThread_get_thread_ident(), now_ns());
         Py_RETURN_NONE;
     }
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    if (frame == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *span = pop_open(h, frame);
+    PyObject *span = running_span(h, NULL, 1);
     if (span == NULL) {
-        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+        return done(h);
     }
-    int failed = finish(h, span, STATE_COMPLETED, now_ns(), NULL) < 0;
+    finish(h, span, STATE_COMPLETED, now_ns(), NULL);
     Py_DECREF(span);
-    if (failed) {
-        return fault(h);
-    }
-    Py_RETURN_NONE;
+    return done(h);
 }
 
 /* PY_UNWIND(code, offset, exception): failed, or cancelled. Global: never DISABLE. */
 static PyObject *
 Hooks_on_unwind(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 3) {
-        Py_RETURN_NONE;
-    }
-    CodeSlot *slot = code_find(&h->codes, args[0]);
-    if (slot == NULL || slot->code_id == 0) {
-        Py_RETURN_NONE;
-    }
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    if (frame == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *span = pop_open(h, frame);
+    PyObject *span = nargs < 3 ? NULL : running_span(h, args[0], 1);
     if (span == NULL) {
-        return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+        return done(h);
     }
     int cancelled = PyObject_IsInstance(args[2], h->cancelled);
-    int failed = cancelled < 0
-                 || finish(h, span, cancelled ? STATE_CANCELLED : STATE_FAILED, now_ns(),
-                           args[2])
-                        < 0;
-    Py_DECREF(span);
-    if (failed) {
-        return fault(h);
+    if (cancelled >= 0) {
+        finish(h, span, cancelled ? STATE_CANCELLED : STATE_FAILED, now_ns(), args[2]);
     }
-    Py_RETURN_NONE;
+    Py_DECREF(span);
+    return done(h);
 }
 
 /* -- what the Python side calls --------------------------------------------------------- */

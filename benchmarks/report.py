@@ -144,7 +144,7 @@ def attach_latency(document: dict[str, Any]) -> list[str]:
         "### Attach latency",
         "",
         "From `async-inspect attach PID` starting to its `attached` line (issue 6: p50 <= 1 s, "
-        "worst <= 2 s). The CLI's own start-up (`async-inspect --version`: imports) is "
+        "worst <= 2 s). The CLI's own start-up (`async-inspect attach --help`: imports) is "
         f"p50 {p50:.2f} s of it.",
         "",
         *_table(header, rows),

@@ -30,10 +30,11 @@ from profiler.errors import AgentError, AsyncInspectError
 
 from .api import add_api_routes
 from .discovery import ProcessFacts, Scanner
+from .exposition import build_registry
 from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .kubernetes import KubeApi, PodDirectory, PodInfo
-from .metrics import MetricsStore, build_registry
+from .metrics import MetricsStore
 from .selection import Selection
 from .service import SOCKET_NAME, agent_settings_from, build_sinks
 from .session import ResourceSettings, SpanNames

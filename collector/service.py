@@ -12,23 +12,24 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from profiler.agent.rules import RuleBook
 from profiler.agent.settings import AgentSettings
 from profiler.attach.rendezvous import Rendezvous
 from profiler.errors import ExportError
 
-from .api import add_api_routes, session_processes
-from .http import HttpServer
 from .ingest import Notice, SessionHub
 from .jsonl import JsonLinesWriter
-from .metrics import MetricsStore, build_registry
-from .otlp import ExportWatch, OtlpExporter
+from .metrics import MetricsStore
 from .session import ResourceSettings, SpanNames
 from .settings import Settings
 from .sinks import ProcessorSink, SpanSink, load_span_processor
 from .tree import TreePrinter
+
+if TYPE_CHECKING:
+    from .http import HttpServer
+    from .otlp import ExportWatch
 
 __all__ = ["SOCKET_NAME", "LocalCollector", "Summary", "agent_settings_from", "build_sinks"]
 
@@ -74,6 +75,8 @@ def build_sinks(
     # Loaded first: a processor that cannot be loaded leaves no exporter thread behind.
     processors = [ProcessorSink(load_span_processor(path)) for path in settings.span_processors]
     if settings.endpoint:
+        from .otlp import ExportWatch, OtlpExporter  # gRPC only with an endpoint
+
         watch = ExportWatch(settings.endpoint, warn, metrics)
         sinks.append(OtlpExporter(settings, watch))
     return sinks + processors, watch
@@ -144,6 +147,11 @@ class LocalCollector:
         else:
             rendezvous.hand_over(SOCKET_NAME)
         if self.settings.metrics_port is not None:
+            # aiohttp and prometheus-client only when serving: a third of the CLI's start-up
+            from .api import add_api_routes, session_processes
+            from .exposition import build_registry
+            from .http import HttpServer
+
             self.http = HttpServer(build_registry(self.metrics, self.settings.metrics_naming))
             add_api_routes(self.http.app, self.metrics, lambda: session_processes(self.metrics))
             await self.http.start(self.settings.metrics_address, self.settings.metrics_port)

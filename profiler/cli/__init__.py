@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from profiler.errors import AsyncInspectError
 
-from .attach import attach
-from .collector import collector
-from .demo import demo
-from .detach import detach
-from .doctor import doctor
-from .run import run
-from .views import ps, top
-
 __all__ = ["cli", "main"]
 
+# name -> module of profiler.cli defining it under the same name. Imported when used: the
+# daemon's and the views' imports (aiohttp) are not `attach`'s start-up time.
+COMMANDS = {
+    "run": "run", "attach": "attach", "detach": "detach", "doctor": "doctor",
+    "collector": "collector", "ps": "views", "top": "views", "demo": "demo",
+}  # fmt: skip
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from their modules when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command = getattr(importlib.import_module(f"{__name__}.{module}"), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="async-inspect")
 def cli() -> None:
     """Zero-code asyncio profiler: every task becomes an OpenTelemetry span."""
-
-
-for command in (run, attach, detach, doctor, collector, ps, top, demo):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

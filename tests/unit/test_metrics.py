@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.metrics import MetricsStore, build_registry
+from collector.exposition import build_registry
+from collector.metrics import MetricsStore
 from collector.session import ProcessSession, ResourceSettings, SpanNames
 from profiler import wire
 from profiler.agent.rules import OVERFLOW

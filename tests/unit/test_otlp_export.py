@@ -17,7 +17,8 @@ from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.exposition import generate_latest
 
-from collector.metrics import MetricsStore, build_registry
+from collector.exposition import build_registry
+from collector.metrics import MetricsStore
 from collector.otlp import ExportWatch, OtlpExporter
 from collector.otlp_batcher import SpanBatcher
 from collector.otlp_client import ExportFailure, OtlpClient

@@ -16,6 +16,13 @@ ARG DEBIAN_RELEASE=bookworm
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+# A C compiler for the agent's compiled callbacks (profiler/agent/csrc), in this stage only:
+# without it `pip install .` still succeeds and every target would get the slower pure-Python
+# agent, so the build checks that they were built.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        "gcc=4:12.2.0-*" "libc6-dev=2.36-*" \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/async-inspect
 # Only what `pip install .` reads (.dockerignore keeps the rest out of the context).
@@ -23,7 +30,8 @@ COPY pyproject.toml README.md ./
 COPY profiler ./profiler
 COPY collector ./collector
 RUN /opt/async-inspect/bin/pip install . \
-    && /opt/async-inspect/bin/async-inspect --version
+    && /opt/async-inspect/bin/async-inspect --version \
+    && /opt/async-inspect/bin/python -c "from profiler.agent import accelerator as a; ok, why = a.available(); assert ok, why"
 
 # --- runtime: the same Python, gdb, the venv
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}

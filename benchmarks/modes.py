@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -179,6 +180,22 @@ def attach_then_detach(ctx: ModeContext, started: Started, exercise: Exercise) -
     started.checks.append(nothing_left)
 
 
+# ---- the machine itself: a plain target beside a busy neighbour -----------------------------
+
+NEIGHBOUR_DUTY = "0.2"  # about the CLI's share of a core under W2 at full capture
+NEIGHBOUR = str(Path(__file__).resolve().parent / "targets" / "neighbour.py")
+
+
+def busy_neighbour(ctx: ModeContext, started: Started, exercise: Exercise) -> None:
+    """A plain target, with a busy loop taking NEIGHBOUR_DUTY of the collector CPU during the
+    measurement: what a CLI's CPU use costs the target through the machine alone."""
+    neighbour = ctx.children.start(
+        f"neighbour-{ctx.service}",
+        pinned(ctx.collector_cpu, [sys.executable, NEIGHBOUR, "--duty", NEIGHBOUR_DUTY]),
+    )
+    started.checks.append(lambda: ctx.children.stop(neighbour))
+
+
 @dataclass(frozen=True)
 class Mode:
     """One way of running the target: `command` starts it, `on_ready` may act on it after."""
@@ -209,5 +226,7 @@ MODES: dict[str, Mode] = {
         Mode("after-detach", baseline, under_cli=False, exported_share=0.0,
              on_ready=attach_then_detach),
         Mode("peer-otel", otel_peer, under_cli=False, exported_share=1.0, workloads=AIOHTTP),
+        Mode("busy-neighbour", baseline, under_cli=False, exported_share=0.0,
+             on_ready=busy_neighbour),
     )
 }  # fmt: skip

@@ -31,6 +31,7 @@ LABELS = {
     "attached": "`attach PID`, export, no sampling",
     "after-detach": "after `detach PID` / Ctrl-C",
     "peer-otel": "peer: OpenTelemetry's aiohttp instrumentation, SDK export",
+    "busy-neighbour": "no agent; a busy loop takes 20% of the CLI's CPU",
     "baseline": "noise floor: plain python, round vs median",
 }
 GOALS = {  # issue 6, per mode and workload

@@ -100,7 +100,7 @@ class NodeDaemon:
         self.pods = PodDirectory(kube, daemon.node_name)
         self.scanner = Scanner()
         self.metrics = MetricsStore()
-        self.sinks, self.export_watch = build_sinks(settings, None, self.metrics, self._warn)
+        self.sinks, _ = build_sinks(settings, None, self.metrics, self._warn)  # counts: metrics
         self.token = secrets.token_hex(16)
         self.hub = SessionHub(
             self.sinks,
@@ -245,8 +245,6 @@ class NodeDaemon:
         for sink in self.sinks:
             sink.flush(self.settings.bsp_export_timeout)
             sink.shutdown()
-        if self.export_watch is not None:
-            self.export_watch.uninstall()
 
     # -- what the hub tells us ----------------------------------------------------------
 

@@ -80,9 +80,6 @@ class ExportWatch:
         """An export failed for now: say so (the spans are not lost yet)."""
         self._say(failure.code, f"{failure.code} ({failure.details}), retrying in {delay:.1f}s")
 
-    def uninstall(self) -> None:
-        """Nothing to undo (the node daemon calls this once its outputs are shut down)."""
-
     def _say(self, kind: str, reason: str) -> None:
         now = time.monotonic()
         with self._lock:

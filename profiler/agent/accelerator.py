@@ -30,7 +30,7 @@ from . import spans as S
 from .codefilter import CodeFilter
 from .meters import SLOW_STEP_NS
 from .settings import ACCELERATOR_ENV, AgentSettings, accelerator_disabled
-from .tracker import _LOOP_RUNNER, Tracker, _app_otel_parent
+from .tracker import _LOOP_RUNNER, Tracker, _app_otel_parent, callbacks_of
 
 if TYPE_CHECKING:
     from ._accel import Hooks
@@ -144,15 +144,7 @@ class AcceleratedTracker(Tracker):
 
     def callbacks(self) -> dict[int, Callable[..., object]]:
         """The compiled callback of each event."""
-        events, hooks = sys.monitoring.events, self._hooks
-        return {
-            events.PY_START: hooks.on_start,
-            events.PY_RESUME: hooks.on_resume,
-            events.PY_THROW: hooks.on_throw,
-            events.PY_YIELD: hooks.on_yield,
-            events.PY_RETURN: hooks.on_return,
-            events.PY_UNWIND: hooks.on_unwind,
-        }
+        return callbacks_of(self._hooks)
 
     def consider(self, code: CodeType, module: str) -> int | None:
         """As Tracker.consider; a traced code is also entered in the C code table."""

@@ -63,7 +63,7 @@ from .spans import (
     TRACE,
 )  # fmt: skip
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "callbacks_of"]
 
 _getframe = sys._getframe
 _running_loop = asyncio.events._get_running_loop
@@ -85,6 +85,19 @@ _BLOCKED = wire.EVENT_BLOCKED
 _RUNNING = wire.STATE_RUNNING
 _COMPLETED = wire.STATE_COMPLETED
 _SLOW = SLOW_STEP_NS[0]
+
+
+_CALLBACKS = {
+    "PY_START": "on_start", "PY_RESUME": "on_resume", "PY_THROW": "on_throw",
+    "PY_YIELD": "on_yield", "PY_RETURN": "on_return", "PY_UNWIND": "on_unwind",
+}  # fmt: skip
+
+
+def callbacks_of(handler: object) -> dict[int, Callable[..., object]]:
+    """{sys.monitoring event: `handler`'s on_start, on_resume, ...}: a Tracker's Python
+    callbacks, or the compiled ones of an `_accel.Hooks`."""
+    events = sys.monitoring.events
+    return {getattr(events, event): getattr(handler, name) for event, name in _CALLBACKS.items()}
 
 
 class Tracker:
@@ -185,15 +198,7 @@ class Tracker:
 
     def callbacks(self) -> dict[int, Callable[..., object]]:
         """The sys.monitoring callback of each event this tracker handles."""
-        events = sys.monitoring.events
-        return {
-            events.PY_START: self.on_start,
-            events.PY_RESUME: self.on_resume,
-            events.PY_THROW: self.on_throw,
-            events.PY_YIELD: self.on_yield,
-            events.PY_RETURN: self.on_return,
-            events.PY_UNWIND: self.on_unwind,
-        }
+        return callbacks_of(self)
 
     def on_start(self, code: CodeType, offset: int) -> Any:
         try:
@@ -387,12 +392,7 @@ class Tracker:
         # A task our factory did not see. If it started eagerly, its creator is still on
         # the stack below (create_task -> factory -> first step); if the event loop called
         # its step, nothing of ours is below and the search stops right there.
-        creator = (
-            self.find_open_span(back)
-            if back is not None and back.f_code is not _LOOP_RUNNER
-            else None
-        )
-        return creator, self._current_task_info(), False
+        return self.find_open_span(back), self._current_task_info(), False
 
     def _sample(self, code_id: int) -> bool:
         ratio = self._code_rates.get(code_id, self._ratio)

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .harness import add_run_options, run_children
+from .harness import add_placement_options, add_run_options, run_children
 from .procs import BenchError, Child, Children, pinned
 from .receiver import Receiver
 from .table import grid
@@ -210,15 +210,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="seconds measured (default 30, quick 10)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after all attached")
     parser.add_argument("--attach-timeout", type=float, default=300.0)
-    parser.add_argument("--python", default=sys.executable, help="interpreter of the apps")
-    parser.add_argument("--target-cpu", type=int, default=0, help="CPU of the apps (0)")
-    parser.add_argument("--collector-cpu", type=int, default=1, help="daemon CPU (1; -1: any)")
+    add_placement_options(parser, "apps", "daemon")
     add_run_options(parser)
     args = parser.parse_args(argv)
     args.counts = args.counts or ("0,1,10" if args.quick else "0,1,10,50")
     args.window = args.window or (10.0 if args.quick else 30.0)
-    if args.collector_cpu < 0:
-        args.collector_cpu = None
     return args
 
 

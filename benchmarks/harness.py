@@ -13,7 +13,7 @@ from pathlib import Path
 from .environment import load_note
 from .procs import BenchError, Children, clean_environment
 
-__all__ = ["add_run_options", "run_children"]
+__all__ = ["add_placement_options", "add_run_options", "run_children"]
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,19 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, metavar="FILE")
     parser.add_argument("--logs", type=Path, help="keep every process's stderr in this folder")
+
+
+def add_placement_options(parser: argparse.ArgumentParser, apps: str, collector: str) -> None:
+    """--python, --target-cpu and --collector-cpu (-1: any CPU, read back as None) for the
+    scripts that run `apps` beside an async-inspect `collector` (the CLI or the daemon)."""
+    parser.add_argument("--python", default=sys.executable, help=f"interpreter of the {apps}")
+    parser.add_argument("--target-cpu", type=int, default=0, help=f"CPU of the {apps} (0)")
+    parser.add_argument(
+        "--collector-cpu",
+        type=lambda text: None if int(text) < 0 else int(text),
+        default=1,
+        help=f"CPU of the {collector} (1; -1: any)",
+    )
 
 
 def run_children(

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .harness import add_run_options, run_children
+from .harness import add_placement_options, add_run_options, run_children
 from .procs import BenchError, Child, Children, pinned
 from .receiver import Receiver
 from .summary import Spread, spread
@@ -346,15 +346,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate", type=float, default=500.0, help="requests/s of part 2's app (500: 2,000 spans/s)"
     )
     parser.add_argument("--parts", default="tasks,daemon", help="tasks,daemon")
-    parser.add_argument("--python", default=sys.executable, help="interpreter of the targets")
-    parser.add_argument("--target-cpu", type=int, default=0)
-    parser.add_argument("--collector-cpu", type=int, default=1, help="CLI/daemon CPU (-1: any)")
+    add_placement_options(parser, "targets", "CLI or daemon")
     add_run_options(parser)
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 1.0)
-    if args.collector_cpu is not None and args.collector_cpu < 0:
-        args.collector_cpu = None
     return args
 
 

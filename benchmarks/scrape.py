@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from .environment import free_port, load_note, write_json
-from .harness import add_run_options, run_children
+from .harness import add_placement_options, add_run_options, run_children
 from .procs import BenchError, Children, pinned
 from .receiver import Receiver
 from .summary import percentile
@@ -150,14 +150,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-span-names", type=int, default=5000)
     parser.add_argument("--no-export", action="store_true", help="metrics only, no OTLP export")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
-    parser.add_argument("--python", default=sys.executable, help="interpreter of the target")
-    parser.add_argument("--target-cpu", type=int, default=0)
-    parser.add_argument("--collector-cpu", type=int, default=1, help="the CLI's CPU (-1: any)")
+    add_placement_options(parser, "target", "CLI")
     add_run_options(parser)
     args = parser.parse_args(argv)
     args.scrapes = args.scrapes or (20 if args.quick else 100)
-    if args.collector_cpu < 0:
-        args.collector_cpu = None
     return args
 
 

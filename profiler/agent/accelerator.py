@@ -179,6 +179,10 @@ class AcceleratedTracker(Tracker):
         """As Tracker.info_for (in C)."""
         return self._hooks.info_for(task)
 
+    def task_counts(self) -> tuple[int, int, int]:
+        """As Tracker.task_counts (in C)."""
+        return self._hooks.task_counts()
+
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with what the C counted since the last one merged in."""
         self.meters.merge(*self._hooks.take_meters())

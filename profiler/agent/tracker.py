@@ -135,7 +135,6 @@ class Tracker:
         self._ratio = settings.sample_ratio
         self.started_at = _now()
         self.meters = Meters()
-        self.task_roots: dict[int, S.Span] = {}  # open first spans of tasks, by span id
         self._code_rates: dict[int, float] = {}  # sample rate of traces rooted there (rules)
         self._captures: dict[int, Capture] = {}  # attributes from arguments (rules)
         self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
@@ -365,8 +364,7 @@ class Tracker:
         if same_task:
             assert parent is not None
             parent[CHILD] = span
-        elif info is not None:
-            self.task_roots[span_id] = span
+        elif info is not None:  # a task's first span: found again in `open` by task_counts
             self.meters.tasks_created += 1
         self.open[frame] = span
         return span
@@ -426,7 +424,7 @@ class Tracker:
         if parent is not None and parent[CHILD] is span:
             parent[CHILD] = None
         self.meters.span_finished(span, state, t, parent is None)
-        if span[TASK_INFO] is not None and self.task_roots.pop(span[ID], None) is not None:
+        if span[TASK_INFO] is not None:  # a task's first span: the task is done
             self.meters.task_finished(state)
         if not span[SAMPLED]:
             return
@@ -572,15 +570,20 @@ class Tracker:
 
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with live and running tasks counted now."""
-        roots = list(self.task_roots.values())
+        live, running, oldest = self.task_counts()
+        return self.meters.snapshot(live, running, _now() - oldest if running else 0)
+
+    def task_counts(self) -> tuple[int, int, int]:
+        """(live tasks, running tasks, the earliest time one of them resumed or 0), from the
+        open spans: a task is live while its first span is open. A walk at each stats frame
+        costs less than a map of task roots kept up to date for every task."""
+        roots = [span for span in list(self.open.values()) if span[TASK_INFO] is not None]
         resumed = [span[RESUMED] for span in roots if span[RESUMED]]
-        running_for = _now() - min(resumed) if resumed else 0
-        return self.meters.snapshot(len(roots), len(resumed), running_for)
+        return len(roots), len(resumed), min(resumed, default=0)
 
     def clear(self) -> None:
         """Forget every span, task and count (after a final flush, or in a forked child)."""
         self.meters = Meters()
-        self.task_roots.clear()
         self.open.clear()
         self.finished.clear()
         self._task_frames.clear()

@@ -7,7 +7,9 @@ Every test runs twice: with the pure-Python callbacks and with the compiled ones
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
@@ -81,20 +83,8 @@ class Trace(Protocol):
 @pytest.fixture
 def trace(new_tracker: Callable[[AgentSettings, int], Tracker]) -> Trace:
     def run(main: Callable[[], Coroutine[Any, Any, Any]], **settings: Any) -> Traced:
-        agent_settings = AgentSettings(**settings)
-        tool = claim_tool_id("async-inspect-test")
-        tracker = new_tracker(agent_settings, tool)
-        watcher = LoopWatcher(tracker)
-        tracker.on_new_loop = watcher.ensure
-        installation = Installation(tool, tracker)
-        installation.install()
-        tracker.watch_selector_wakeups()
-        try:
-            asyncio.run(main())
-        finally:
-            installation.remove()
-            watcher.restore_all()
-        assert tracker.internal_errors == 0, tracker.last_error
+        tracker = new_tracker(AgentSettings(**settings), claim_tool_id("async-inspect-test"))
+        run_watched(tracker, main)
         return Traced(tracker)
 
     return run
@@ -338,3 +328,83 @@ def test_a_task_blocking_in_its_last_step_is_measured(trace: Trace) -> None:
     snapshot = traced.tracker.metrics()
     assert snapshot["longest_step_ns"] >= 50_000_000
     assert snapshot["slow_steps"] == {"0.01": 1, "0.1": 0, "1": 0}
+
+
+def test_what_is_kept_per_task_goes_with_the_task(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN a tracker whose factory sees every task
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    kept: dict[str, int] = {}
+
+    def sizes() -> dict[str, int]:
+        maps = {"infos": tracker._task_infos, "frames": tracker._task_frames, "open": tracker.open}
+        return {name: len(found) for name, found in maps.items()}
+
+    async def main() -> None:
+        before = sizes()
+        # WHEN tasks run to the end, and one is cancelled before its coroutine ever started
+        tasks = [asyncio.create_task(middle()) for _ in range(200)]
+        never = asyncio.create_task(middle())
+        never.cancel()
+        assert [await task for task in tasks] == [1] * 200  # (gather would keep them)
+        with pytest.raises(asyncio.CancelledError):
+            await never
+        during = sizes()
+        del tasks, never
+        await asyncio.sleep(0)  # the loop's last handles of them run
+        gc.collect()
+        kept.update({f"{name} grew": during[name] - before[name] for name in before})
+        kept.update({name: sizes()[name] - before[name] for name in before})
+
+    run_watched(tracker, main)
+    # THEN they were known while alive, and nothing of them is kept once they are gone
+    assert kept["infos grew"] == 201, kept
+    assert {name: kept[name] for name in ("infos", "frames", "open")} == dict.fromkeys(
+        ("infos", "frames", "open"), 0
+    ), kept
+
+
+def test_live_and_running_tasks_are_counted_from_the_open_spans(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    counted: list[tuple[int, int, int]] = []
+
+    async def main() -> None:
+        # GIVEN five tasks blocked on an event, and this one running
+        event = asyncio.Event()
+        tasks = [asyncio.create_task(event.wait()) for _ in range(5)]
+        waiting = [asyncio.create_task(_wait_for(event)) for _ in range(5)]
+        await asyncio.sleep(0)
+        now = time.perf_counter_ns()  # the agent's clock, in C as in Python
+        # WHEN counted THEN: ours and the five of traced code are live, ours alone runs
+        counted.append(tracker.task_counts())
+        assert 0 < counted[0][2] <= now
+        event.set()
+        await asyncio.gather(*tasks, *waiting)
+        counted.append(tracker.task_counts())
+
+    run_watched(tracker, main)
+    assert counted[0][:2] == (6, 1), counted  # event.wait() is asyncio's: no span of ours
+    assert counted[1][:2] == (1, 1), counted
+    assert tracker.metrics()["tasks_finished"]["completed"] == 6  # and ours, since
+
+
+async def _wait_for(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def run_watched(tracker: Tracker, main: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """asyncio.run(main()) with `tracker` installed, its factory on the loop, its selector
+    wakeups watched; no internal error allowed."""
+    watcher = LoopWatcher(tracker)
+    tracker.on_new_loop = watcher.ensure
+    installation = installed(tracker)
+    tracker.watch_selector_wakeups()
+    try:
+        asyncio.run(main())
+    finally:
+        installation.remove()
+        watcher.restore_all()
+    assert tracker.internal_errors == 0, tracker.last_error

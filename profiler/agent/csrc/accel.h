@@ -52,7 +52,7 @@ enum { FLAG_TASK_ROOT = 1, FLAG_START_UNKNOWN = 2 };
 #define AI_NAMES(X)                                                                       \
     X(f_back) X(co_flags) X(cr_frame) X(get_coro) X(get_name) X(on_new_loop)              \
     X(_consider_at_start) X(_adopt) X(_capture) X(_sample) X(_describe_error) X(fault)     \
-    X(_drop) X(open) X(_task_frames) X(task_roots) X(_task_infos) X(_task_refs)           \
+    X(_drop) X(open) X(_task_frames) X(_task_infos)                                       \
     X(finished) X(append) X(creator) X(id) X(ref) X(thread) X(name) X(creator_task)
 #define AI_NAME_ENUM(n) N_##n,
 enum { AI_NAMES(AI_NAME_ENUM) N_COUNT };
@@ -61,15 +61,16 @@ typedef struct {
     PyObject_HEAD
     PyObject *tracker;
     /* The tracker's containers: shared with its Python code, cleared but never replaced. */
-    PyObject *open, *task_frames, *task_roots, *task_infos, *task_refs;
+    PyObject *open, *task_frames, *task_infos;
     PyObject *finished, *finished_append;
     /* Objects compared with or called. */
     PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type;
     PyObject *get_running_loop, *current_task, *random, *otel_parent;
-    PyObject *forget;       /* our bound `_forget_task`: the weakref callback of each task */
     PyObject *last_loop;    /* Tracker._last_loop */
     PyObject *walked_codes; /* list keeping alive the codes whose co_flags are cached */
     PyObject *template;     /* spans.new_span's constants, copied into every new span */
+    PyObject *thread_obj;   /* the int of the native thread id last seen (one per task saved) */
+    unsigned long thread_native;
     PyObject *names[N_COUNT];
     PyObject *s_yield, *s_task_prefix, *s_throw_prefix, *s_open_limit, *s_buffer_full;
     PyObject *s_otel_module;
@@ -87,7 +88,12 @@ typedef struct {
 #define NAME(h, n) ((h)->names[N_##n])
 
 /* An asyncio task as the tracker knows it: spans.TaskInfo, with the same attributes and
- * name(), made by the C for every task (the factory's too) when accelerated. */
+ * name(), made by the C for every task (the factory's too) when accelerated.
+ *
+ * A task the factory saw has a weak reference whose callback is its TaskInfo itself
+ * (Tracker._forget_task): calling it removes the task's entries, `key` from task_infos
+ * and `frame` from task_frames, where `hooks` keeps them. No map from weak references
+ * to entries is needed, nor a tuple per task. */
 typedef struct {
     PyObject_HEAD
     int64_t id;
@@ -95,6 +101,9 @@ typedef struct {
     int64_t thread;
     PyObject *creator; /* the span that created the task, or None */
     PyObject *ref;     /* weak reference to the task, or None */
+    PyObject *hooks;   /* until the task is forgotten: the Hooks it is known to, or NULL */
+    PyObject *key;     /* its key in task_infos (the task's address), or NULL */
+    PyObject *frame;   /* its key in task_frames (its coroutine's frame), or NULL */
 } TaskInfo;
 
 static inline int64_t
@@ -188,6 +197,10 @@ call_method(Hooks *h, PyObject *name, PyObject *a, PyObject *b)
     return call_method_of(h->tracker, name, a, b);
 }
 
+/* -- hooks.c ---------------------------------------------------------------------------- */
+
+AI_INTERNAL PyObject *fault(Hooks *h);
+
 /* -- tasks.c ---------------------------------------------------------------------------- */
 
 AI_INTERNAL extern PyType_Spec TaskInfo_spec;
@@ -195,11 +208,11 @@ AI_INTERNAL PyObject *find_open_span(Hooks *h, PyObject *frame);
 AI_INTERNAL PyObject *info_for(Hooks *h, PyObject *task);
 AI_INTERNAL PyObject *task_created(Hooks *h, PyObject *coro, PyObject *frame);
 AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro);
-AI_INTERNAL PyObject *forget_task(Hooks *h, PyObject *ref);
 AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent,
                             PyObject **info, int *same_task);
 AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
 AI_INTERNAL PyObject *info_creator_task(Hooks *h, PyObject *info);
+AI_INTERNAL int task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest);
 
 /* -- spans.c ---------------------------------------------------------------------------- */
 
@@ -210,6 +223,7 @@ AI_INTERNAL PyObject *open_span(Hooks *h, PyObject *frame, PyObject *back, int64
 AI_INTERNAL int finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc);
 AI_INTERNAL int record_poll(Hooks *h, PyObject *span, int64_t t, PyObject *detail);
 AI_INTERNAL int append_event(PyObject *events, int kind, int64_t when, PyObject *detail);
+AI_INTERNAL int append_event_at(PyObject *events, int kind, PyObject *when, PyObject *detail);
 AI_INTERNAL PyObject *describe_awaited(Hooks *h, PyObject *value);
 AI_INTERNAL int drop(Hooks *h, PyObject *reason);
 

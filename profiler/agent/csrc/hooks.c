@@ -15,7 +15,7 @@ static const char *const NAME_TEXTS[] = {AI_NAMES(AI_NAME_TEXT)};
 
 /* Tracker.fault: never raise into the application. Exceptions that are not `Exception`
  * (KeyboardInterrupt, SystemExit) go on, as they do from the Python callbacks. */
-static PyObject *
+AI_INTERNAL PyObject *
 fault(Hooks *h)
 {
     PyObject *exc = PyErr_GetRaisedException();
@@ -251,16 +251,19 @@ Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     }
     if (sampled && child == Py_None) {
         PyObject *events = PyList_GetItem(span, EVENTS);
-        if (events == NULL || put_int(span, BLOCKED_AT, t) < 0) {
+        PyObject *t_obj = events != NULL ? PyLong_FromLong(t) : NULL;
+        if (t_obj == NULL || put_ref(span, BLOCKED_AT, t_obj) < 0) {
+            Py_XDECREF(t_obj);
             goto fail;
         }
+        Py_DECREF(t_obj); /* the span holds it: one int for BLOCKED_AT and the event */
         Py_ssize_t length = PyList_Size(events);
         if (length < 0) {
             goto fail;
         }
         if (length < h->max_event_items) {
             detail = describe_awaited(h, args[2]);
-            if (detail == NULL || append_event(events, EVENT_BLOCKED, t, detail) < 0) {
+            if (detail == NULL || append_event_at(events, EVENT_BLOCKED, t_obj, detail) < 0) {
                 goto fail;
             }
         }
@@ -477,15 +480,18 @@ Hooks_info_for(Hooks *h, PyObject *task)
     return info_for(h, task);
 }
 
-PyDoc_STRVAR(forget_task_doc,
-             "_forget_task(ref)\n--\n\nThe weak reference callback of every task: forget "
-             "it. Never raises.");
+PyDoc_STRVAR(task_counts_doc,
+             "task_counts()\n--\n\nTracker.task_counts: (live tasks, running tasks, the "
+             "earliest time one of them resumed or 0), from the open spans.");
 
 static PyObject *
-Hooks_forget_task(Hooks *h, PyObject *ref)
+Hooks_task_counts(Hooks *h, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *result = forget_task(h, ref);
-    return result != NULL ? result : fault(h);
+    int64_t live, running, oldest;
+    if (task_counts(h, &live, &running, &oldest) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(LLL)", (long long)live, (long long)running, (long long)oldest);
 }
 
 /* -- the type ------------------------------------------------------------------------------ */
@@ -662,15 +668,13 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     /* The tracker's own containers. */
     if (!(h->open = PyObject_GetAttr(tracker, NAME(h, open)))
         || !(h->task_frames = PyObject_GetAttr(tracker, NAME(h, _task_frames)))
-        || !(h->task_roots = PyObject_GetAttr(tracker, NAME(h, task_roots)))
         || !(h->task_infos = PyObject_GetAttr(tracker, NAME(h, _task_infos)))
-        || !(h->task_refs = PyObject_GetAttr(tracker, NAME(h, _task_refs)))
         || !(h->finished = PyObject_GetAttr(tracker, NAME(h, finished)))
         || !(h->finished_append = PyObject_GetAttr(h->finished, NAME(h, append)))) {
         goto fail;
     }
-    if (!PyDict_Check(h->open) || !PyDict_Check(h->task_frames) || !PyDict_Check(h->task_roots)
-        || !PyDict_Check(h->task_infos) || !PyDict_Check(h->task_refs)) {
+    if (!PyDict_Check(h->open) || !PyDict_Check(h->task_frames)
+        || !PyDict_Check(h->task_infos)) {
         PyErr_SetString(PyExc_TypeError, "the tracker's span and task maps must be dicts");
         goto fail;
     }
@@ -712,7 +716,6 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     h->sweep_infos_at = SWEEP_INFOS_AT;
     PyObject *module = PyType_GetModule(type);
     if (module == NULL || !(h->info_type = PyObject_GetAttrString(module, "TaskInfo"))
-        || !(h->forget = PyObject_GetAttrString((PyObject *)h, "_forget_task"))
         || !(h->walked_codes = PyList_New(0)) || !(h->template = new_template())) {
         goto fail;
     }
@@ -729,9 +732,7 @@ Hooks_traverse(Hooks *h, visitproc visit, void *arg)
     Py_VISIT(h->tracker);
     Py_VISIT(h->open);
     Py_VISIT(h->task_frames);
-    Py_VISIT(h->task_roots);
     Py_VISIT(h->task_infos);
-    Py_VISIT(h->task_refs);
     Py_VISIT(h->finished);
     Py_VISIT(h->finished_append);
     Py_VISIT(h->last_loop);
@@ -739,7 +740,6 @@ Hooks_traverse(Hooks *h, visitproc visit, void *arg)
     Py_VISIT(h->current_task);
     Py_VISIT(h->random);
     Py_VISIT(h->otel_parent);
-    Py_VISIT(h->forget);
     Py_VISIT(h->walked_codes);
     return 0;
 }
@@ -750,9 +750,7 @@ Hooks_clear(Hooks *h)
     Py_CLEAR(h->tracker);
     Py_CLEAR(h->open);
     Py_CLEAR(h->task_frames);
-    Py_CLEAR(h->task_roots);
     Py_CLEAR(h->task_infos);
-    Py_CLEAR(h->task_refs);
     Py_CLEAR(h->finished);
     Py_CLEAR(h->finished_append);
     Py_CLEAR(h->last_loop);
@@ -760,7 +758,7 @@ Hooks_clear(Hooks *h)
     Py_CLEAR(h->current_task);
     Py_CLEAR(h->random);
     Py_CLEAR(h->otel_parent);
-    Py_CLEAR(h->forget);
+    Py_CLEAR(h->thread_obj);
     Py_CLEAR(h->walked_codes);
     return 0;
 }
@@ -812,7 +810,7 @@ static PyMethodDef Hooks_methods[] = {
      task_created_doc},
     {"task_bound", (PyCFunction)(void (*)(void))Hooks_task_bound, METH_FASTCALL, task_bound_doc},
     {"info_for", (PyCFunction)Hooks_info_for, METH_O, info_for_doc},
-    {"_forget_task", (PyCFunction)Hooks_forget_task, METH_O, forget_task_doc},
+    {"task_counts", (PyCFunction)Hooks_task_counts, METH_NOARGS, task_counts_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,15 +16,22 @@ drop(Hooks *h, PyObject *reason)
     return result == NULL ? -1 : 0;
 }
 
-/* Append (kind, when, detail) to a flat event list; `detail` is borrowed. */
+/* Append (kind, when, detail) to a flat event list; `when` and `detail` are borrowed. */
+AI_INTERNAL int
+append_event_at(PyObject *events, int kind, PyObject *when, PyObject *detail)
+{
+    PyObject *kind_obj = PyLong_FromLong(kind); /* a small int: never allocated */
+    int failed = kind_obj == NULL || PyList_Append(events, kind_obj) < 0
+                 || PyList_Append(events, when) < 0 || PyList_Append(events, detail) < 0;
+    Py_XDECREF(kind_obj);
+    return failed ? -1 : 0;
+}
+
 AI_INTERNAL int
 append_event(PyObject *events, int kind, int64_t when, PyObject *detail)
 {
-    PyObject *kind_obj = PyLong_FromLong(kind);
     PyObject *when_obj = PyLong_FromLong(when);
-    int failed = kind_obj == NULL || when_obj == NULL || PyList_Append(events, kind_obj) < 0
-                 || PyList_Append(events, when_obj) < 0 || PyList_Append(events, detail) < 0;
-    Py_XDECREF(kind_obj);
+    int failed = when_obj == NULL || append_event_at(events, kind, when_obj, detail) < 0;
     Py_XDECREF(when_obj);
     return failed ? -1 : 0;
 }
@@ -52,19 +59,27 @@ blank_span(Hooks *h)
     return untracked(PyList_GetSlice(h->template, 0, SPAN_LEN));
 }
 
-/* new_span's first `poll`: [POLL, t, None]. */
+/* new_span's first `poll`: [POLL, t, None], with room for a second event (the `blocked` of
+ * nearly every span): made with six items, cut to three, the list keeps its six slots,
+ * where appending would have grown it to eight. */
 static PyObject *
 first_events(PyObject *t)
 {
     PyObject *kind = PyLong_FromLong(EVENT_POLL);
-    PyObject *events = kind != NULL ? untracked(PyList_New(3)) : NULL;
+    PyObject *events = kind != NULL ? untracked(PyList_New(6)) : NULL;
     if (events == NULL) {
         Py_XDECREF(kind);
         return NULL;
     }
     PyList_SetItem(events, 0, kind);
     PyList_SetItem(events, 1, Py_NewRef(t));
-    PyList_SetItem(events, 2, Py_NewRef(Py_None));
+    for (Py_ssize_t i = 2; i < 6; i++) {
+        PyList_SetItem(events, i, Py_NewRef(Py_None));
+    }
+    if (PyList_SetSlice(events, 3, 6, NULL) < 0) {
+        Py_DECREF(events);
+        return NULL;
+    }
     return events;
 }
 
@@ -189,7 +204,7 @@ lineage_clear(Lineage *lineage)
 
 /* The trace part of Tracker._open. */
 static int
-lineage(Hooks *h, PyObject *parent, int64_t span_id, int64_t code_id, int code_flags,
+lineage(Hooks *h, PyObject *parent, PyObject *span_id, int64_t code_id, int code_flags,
         int64_t t, Lineage *out)
 {
     int64_t parent_start = 0;
@@ -207,7 +222,7 @@ lineage(Hooks *h, PyObject *parent, int64_t span_id, int64_t code_id, int code_f
     }
     /* A root, or a child of a long-lived span (a server loop, a worker): its own trace,
      * linked to where it came from, so no trace grows without end. */
-    out->trace = PyLong_FromLong(span_id);
+    out->trace = Py_NewRef(span_id); /* the root's own id: one int for both */
     out->parent_id = PyLong_FromLong(0);
     if (parent != Py_None) {
         PyObject *parent_trace = PyList_GetItem(parent, TRACE);
@@ -259,10 +274,16 @@ static int
 task_of(Hooks *h, PyObject *info, PyObject **task_id, PyObject **thread, int64_t *flags)
 {
     unsigned long native = PyThread_get_thread_native_id();
-    *thread = PyLong_FromUnsignedLong(native);
-    if (*thread == NULL) {
-        return -1;
+    if (h->thread_obj == NULL || h->thread_native != native) { /* one int per thread, not task */
+        PyObject *made = PyLong_FromUnsignedLong(native);
+        if (made == NULL) {
+            return -1;
+        }
+        Py_XDECREF(h->thread_obj);
+        h->thread_obj = made;
+        h->thread_native = native;
     }
+    *thread = Py_NewRef(h->thread_obj);
     if (info == Py_None) {
         *task_id = PyLong_FromLong(0);
         return *task_id != NULL ? 0 : -1;
@@ -291,10 +312,11 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if (find_parent(h, frame, back, &parent, &info, &same_task) < 0) {
         return NULL;
     }
-    int64_t span_id = h->next_span_id++, flags = 0;
+    int64_t flags = 0;
     Lineage from = {NULL, NULL, NULL, NULL, NULL};
     PyObject *task_id = NULL, *thread = NULL, *span = NULL, *t_obj = NULL;
-    if (lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
+    PyObject *span_id = PyLong_FromLong(h->next_span_id++);
+    if (span_id == NULL || lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
         goto done;
     }
     if (same_task) {
@@ -316,7 +338,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if (span == NULL) {
         goto done;
     }
-    if (put_int(span, ID, span_id) < 0 || put_ref(span, PARENT_ID, from.parent_id) < 0
+    if (put_ref(span, ID, span_id) < 0 || put_ref(span, PARENT_ID, from.parent_id) < 0
         || put_ref(span, TRACE, from.trace) < 0 || put_ref(span, TASK, task_id) < 0
         || put_int(span, CODE, code_id) < 0 || put_ref(span, THREAD, thread) < 0
         || put_ref(span, START, t_obj) < 0 || put_ref(span, RESUMED, t_obj) < 0
@@ -329,20 +351,14 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if (sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0) {
         goto fail;
     }
-    if (same_task) {
-        if (put_ref(parent, CHILD, span) < 0) {
-            goto fail;
-        }
-    }
-    else if (info != Py_None) {
-        PyObject *key = PyList_GetItem(span, ID);
-        if (key == NULL || PyDict_SetItem(h->task_roots, key, span) < 0) {
-            goto fail;
-        }
-        h->meters.tasks_created++;
+    if (same_task && put_ref(parent, CHILD, span) < 0) {
+        goto fail;
     }
     if (PyDict_SetItem(h->open, frame, span) < 0) {
         goto fail;
+    }
+    if (!same_task && info != Py_None) { /* found again in `open` by task_counts */
+        h->meters.tasks_created++;
     }
     goto done;
 fail:
@@ -351,6 +367,7 @@ done:
     Py_DECREF(parent);
     Py_DECREF(info);
     lineage_clear(&from);
+    Py_XDECREF(span_id);
     Py_XDECREF(task_id);
     Py_XDECREF(thread);
     Py_XDECREF(t_obj);
@@ -467,15 +484,8 @@ finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc)
     if (info == NULL) {
         return -1;
     }
-    if (info != Py_None) {
-        PyObject *key = PyList_GetItem(span, ID);
-        int known = key != NULL ? PyDict_Contains(h->task_roots, key) : -1;
-        if (known < 0 || (known && PyDict_DelItem(h->task_roots, key) < 0)) {
-            return -1;
-        }
-        if (known) {
-            h->meters.tasks_finished[state]++;
-        }
+    if (info != Py_None) { /* a task's first span: the task is done */
+        h->meters.tasks_finished[state]++;
     }
     return sampled ? finish_sampled(h, span, state, t, exc) : 0;
 }

@@ -30,6 +30,60 @@ new_task_info(PyTypeObject *type, int64_t task_id, PyObject *creator)
     return (PyObject *)info;
 }
 
+/* del dict[key] if it maps to `value`. A map so emptied gives its table back: dicts never
+ * shrink, and a burst of tasks would leave task_frames' and task_infos' tables at their
+ * peak size for good. */
+static int
+discard_key(PyObject *dict, PyObject *key, PyObject *value)
+{
+    PyObject *found = PyDict_GetItemWithError(dict, key);
+    if (found != value) {
+        return found == NULL && PyErr_Occurred() ? -1 : 0;
+    }
+    if (PyDict_DelItem(dict, key) < 0) {
+        return -1;
+    }
+    if (PyDict_Size(dict) == 0) {
+        PyDict_Clear(dict);
+    }
+    return 0;
+}
+
+/* Tracker._forget_task: the task is gone; its entries go (once). */
+static int
+forget_task(TaskInfo *info)
+{
+    Hooks *h = (Hooks *)info->hooks;
+    if (h == NULL) {
+        return 0;
+    }
+    info->hooks = NULL;
+    int failed = (info->key != NULL && h->task_infos != NULL
+                  && discard_key(h->task_infos, info->key, (PyObject *)info) < 0)
+                 || (info->frame != NULL && h->task_frames != NULL
+                     && discard_key(h->task_frames, info->frame, (PyObject *)info) < 0);
+    Py_CLEAR(info->key);
+    Py_CLEAR(info->frame);
+    if (failed && h->tracker != NULL) {
+        fault(h); /* a weakref callback must not raise: counted instead */
+    }
+    else if (failed) {
+        PyErr_Clear(); /* the tracker is gone: nobody to tell */
+    }
+    Py_DECREF(h);
+    return failed ? -1 : 0;
+}
+
+/* The weak reference callback of a task the factory saw: info(ref) forgets it. */
+static PyObject *
+TaskInfo_call(TaskInfo *info, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    if (forget_task(info) < 0 && PyErr_Occurred()) {
+        return NULL; /* not an Exception: KeyboardInterrupt and the like go on */
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 TaskInfo_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -90,6 +144,8 @@ TaskInfo_traverse(TaskInfo *info, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE((PyObject *)info));
     Py_VISIT(info->creator);
     Py_VISIT(info->ref);
+    Py_VISIT(info->hooks);
+    Py_VISIT(info->frame);
     return 0;
 }
 
@@ -98,6 +154,9 @@ TaskInfo_clear(TaskInfo *info)
 {
     Py_CLEAR(info->creator);
     Py_CLEAR(info->ref);
+    Py_CLEAR(info->hooks);
+    Py_CLEAR(info->key);
+    Py_CLEAR(info->frame);
     return 0;
 }
 
@@ -130,6 +189,7 @@ static PyMethodDef TaskInfo_methods[] = {
 static PyType_Slot TaskInfo_slots[] = {
     {Py_tp_doc, (void *)PyDoc_STR("TaskInfo(task_id, creator): spans.TaskInfo, compiled.")},
     {Py_tp_new, TaskInfo_new},
+    {Py_tp_call, TaskInfo_call},
     {Py_tp_dealloc, TaskInfo_dealloc},
     {Py_tp_traverse, TaskInfo_traverse},
     {Py_tp_clear, TaskInfo_clear},
@@ -263,65 +323,48 @@ task_created(Hooks *h, PyObject *coro, PyObject *frame)
         Py_DECREF(info);
         return NULL;
     }
-    Py_DECREF(own_frame);
+    if (own_frame != Py_None) {
+        ((TaskInfo *)info)->frame = own_frame; /* the reference coro_frame gave */
+    }
+    else {
+        Py_DECREF(own_frame);
+    }
     return info;
 }
 
-/* Tracker.task_bound: remember `task` for `info` until the task is freed. */
+/* Tracker.task_bound: remember `task` for `info` (made by task_created) until the task is
+ * freed, when the weak reference calls `info` back. */
 AI_INTERNAL int
-task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro)
+task_bound(Hooks *h, PyObject *info_obj, PyObject *task, PyObject *coro)
 {
-    PyObject *ref = PyWeakref_NewRef(task, h->forget);
+    if (!is_task_info(h, info_obj)) {
+        PyErr_SetString(PyExc_TypeError, "task_bound: not a TaskInfo of task_created");
+        return -1;
+    }
+    TaskInfo *info = (TaskInfo *)info_obj;
+    PyObject *ref = PyWeakref_NewRef(task, info_obj);
     if (ref == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
             return -1;
         }
         PyErr_Clear(); /* a task class without weakref support: never forgotten early */
-        return set_info_ref(h, info, Py_None);
+        return set_info_ref(h, info_obj, Py_None);
     }
-    PyObject *key = NULL, *frame = NULL, *entry = NULL;
-    int result = -1;
-    if (set_info_ref(h, info, ref) < 0 || (key = PyLong_FromVoidPtr(task)) == NULL
-        || PyDict_SetItem(h->task_infos, key, info) < 0 || (frame = coro_frame(h, coro)) == NULL
-        || (entry = PyTuple_Pack(2, key, frame)) == NULL
-        || PyDict_SetItem(h->task_refs, ref, entry) < 0) {
-        goto done;
+    PyObject *key = PyLong_FromVoidPtr(task);
+    if (set_info_ref(h, info_obj, ref) < 0 || key == NULL
+        || PyDict_SetItem(h->task_infos, key, info_obj) < 0) {
+        Py_DECREF(ref);
+        Py_XDECREF(key);
+        return -1;
     }
-    result = 0;
-done:
     Py_DECREF(ref);
-    Py_XDECREF(key);
-    Py_XDECREF(frame);
-    Py_XDECREF(entry);
-    return result;
-}
-
-/* Tracker._forget_task: the weak reference's callback, the task was freed. */
-AI_INTERNAL PyObject *
-forget_task(Hooks *h, PyObject *ref)
-{
-    PyObject *entry = PyDict_GetItemWithError(h->task_refs, ref);
-    if (entry == NULL) {
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    }
-    Py_INCREF(entry);
-    if (PyDict_DelItem(h->task_refs, ref) < 0) {
-        Py_DECREF(entry);
-        return NULL;
-    }
-    PyObject *key = PyTuple_GetItem(entry, 0);
-    PyObject *frame = PyTuple_GetItem(entry, 1);
-    int failed = key == NULL || frame == NULL;
-    if (!failed) {
-        int known = PyDict_Contains(h->task_infos, key);
-        failed = known < 0 || (known && PyDict_DelItem(h->task_infos, key) < 0);
-    }
-    if (!failed && frame != Py_None) {
-        int known = PyDict_Contains(h->task_frames, frame);
-        failed = known < 0 || (known && PyDict_DelItem(h->task_frames, frame) < 0);
-    }
-    Py_DECREF(entry);
-    return failed ? NULL : Py_NewRef(Py_None);
+    PyObject *old_key = info->key, *old_hooks = info->hooks;
+    info->key = key;
+    info->hooks = Py_NewRef((PyObject *)h);
+    Py_XDECREF(old_key);
+    Py_XDECREF(old_hooks);
+    (void)coro; /* its frame was remembered by task_created */
+    return 0;
 }
 
 /* Drop the entries of tasks that are gone from _task_infos (those of tasks the factory did
@@ -503,10 +546,13 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
     if (info != NULL) { /* this coroutine is the task's own: a task root */
         Py_INCREF(info);
         PyObject *creator = info_creator(h, info);
-        if (creator == NULL || PyDict_DelItem(h->task_frames, frame) < 0) {
+        if (creator == NULL || discard_key(h->task_frames, frame, info) < 0) {
             Py_XDECREF(creator);
             Py_DECREF(info);
             return -1;
+        }
+        if (is_task_info(h, info)) {
+            Py_CLEAR(((TaskInfo *)info)->frame); /* nothing left to forget there */
         }
         *parent_out = creator;
         *info_out = info;
@@ -574,4 +620,32 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
 fail:
     Py_DECREF(back);
     return -1;
+}
+
+/* Tracker.task_counts: tasks whose first span is open (the task is live), those of them
+ * running now, and the earliest time one of these resumed. A walk over the open spans at
+ * each stats frame, instead of a map of task roots kept up to date for every task. */
+AI_INTERNAL int
+task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest)
+{
+    Py_ssize_t pos = 0;
+    PyObject *frame, *span;
+    *live = *running = *oldest = 0;
+    while (PyDict_Next(h->open, &pos, &frame, &span)) {
+        if (!PyList_Check(span) || PyList_Size(span) != SPAN_LEN
+            || PyList_GetItem(span, TASK_INFO) == Py_None) {
+            continue; /* not a task's first span (or broken: counted by its callbacks) */
+        }
+        int64_t resumed;
+        if (get_int(span, RESUMED, &resumed) < 0) {
+            PyErr_Clear();
+            continue;
+        }
+        ++*live;
+        if (resumed) {
+            ++*running;
+            *oldest = *running == 1 || resumed < *oldest ? resumed : *oldest;
+        }
+    }
+    return 0;
 }

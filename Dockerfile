@@ -31,7 +31,8 @@ COPY profiler ./profiler
 COPY collector ./collector
 RUN /opt/async-inspect/bin/pip install . \
     && /opt/async-inspect/bin/async-inspect --version \
-    && /opt/async-inspect/bin/python -c "from profiler.agent import accelerator as a; ok, why = a.available(); assert ok, why"
+    && /opt/async-inspect/bin/python -c "from profiler.agent import accelerator as a; ok, why = a.available(); assert ok, why" \
+    && /opt/async-inspect/bin/python -c "from collector import accelerated as a; ok, why = a.compiled(); assert ok, why"
 
 # --- runtime: the same Python, gdb, the venv
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}

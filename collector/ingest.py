@@ -24,12 +24,15 @@ from profiler.agent.rules import RuleBook
 from profiler.agent.settings import AgentSettings
 from profiler.payload import payload
 
+from .accelerated import span_checker
 from .metrics import MetricsStore
 from .session import ProcessSession, ResourceSettings, SpanNames
 from .sinks import RecordSink, SpanSink
 from .spans import MALFORMED, build_span
 
 __all__ = ["AgentConnection", "Notice", "SessionHub"]
+
+_SPAN_CHECKER = span_checker()  # compiled, or None: wire checks each span in Python
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class AgentConnection:
         self.peer_pid = _peer_pid(writer)
         self.pid = self.peer_pid
         self._said_bye = False
-        self._decoder = wire.FrameDecoder(wire.AGENT_KINDS)
+        self._decoder = wire.FrameDecoder(wire.AGENT_KINDS, _SPAN_CHECKER)
 
     async def serve(self) -> None:
         """Read frames until EOF or a protocol error."""

@@ -9,6 +9,12 @@ written field by field (otlp_fields). A span comes out as one `ScopeSpans.spans`
 
 What a span says is `collector.spans`' decision (the attributes, events, status and links of
 the ReadableSpans built there); a unit test holds the two paths equal.
+
+The common record (a function no rule gives per-span attributes, no error, link, remote
+parent or captured arguments) is written by the compiled `SpanWriter` (csrc/encoder.c) when
+it was built, from the same pieces; everything else, and anything it does not expect, by
+`encode_span`. A unit test holds the two byte for byte equal; ASYNC_INSPECT_ACCELERATOR=0
+leaves everything to Python.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
 
 from profiler import wire
 
+from . import accelerated
 from .otlp_fields import (
     I32,
     I64,
     LEN,
     attribute_field,
     attribute_fields,
+    attribute_pieces,
     delimited,
     key_values,
     tag,
@@ -117,6 +125,19 @@ _PER_SPAN_KEYS: Final = frozenset(
 )  # fmt: skip
 
 
+def _writer_pieces() -> dict[str, bytes]:
+    duration, busy, waiting = _DURATION_HEADS
+    keys = {"thread_key": "thread.id", "task_key": "task.id", "polls_key": "task.poll_count",
+            "parent_task_key": "task.parent_id", "task_name_key": "asyncio.task.name",
+            "events_dropped_key": "task.events_dropped"}  # fmt: skip
+    return {
+        "trace_id": _TRACE_ID, "span_id": _SPAN_ID, "parent_id": _PARENT_ID, "start": _START,
+        "end": _END, "attribute": _ATTRIBUTE, "status_unset": _STATUS_UNSET,
+        "flags_local": _FLAGS_LOCAL, "spans": _SPANS, "start_unknown": _START_UNKNOWN,
+        "duration": duration, "busy": busy, "waiting": waiting, **attribute_pieces(keys),
+    }  # fmt: skip
+
+
 @functools.lru_cache(maxsize=4096)
 def _event_parts(kind: int, detail: object) -> tuple[bytes, bytes]:
     """(field up to the time, what follows the time) of an event without exception."""
@@ -147,10 +168,20 @@ def _event_layout(kinds: tuple[int, ...], details: tuple[object, ...]) -> _Event
 
 
 def _exception_event(kind: int, detail: object, error: tuple[str, str, str], t: int) -> bytes:
+    try:  # the same failure tends to repeat: its event is serialized once
+        head, rest = _exception_parts(kind, detail, error)
+    except TypeError:  # an unhashable part (or a bad one: raised again below)
+        head, rest = _exception_parts.__wrapped__(kind, detail, error)
+    return head + _U64.pack(t) + rest
+
+
+@functools.lru_cache(maxsize=1024)
+def _exception_parts(kind: int, detail: object, error: tuple[str, str, str]) -> tuple[bytes, bytes]:
+    """As _event_parts, for the outcome event of a failure (its exception attributes)."""
     rest = Span.Event(
         name=wire.EVENT_NAMES[kind], attributes=key_values(event_attributes(kind, detail, error))
     ).SerializeToString()
-    return delimited(_EVENT, _EVENT_TIME + _U64.pack(t) + rest)
+    return _EVENT + varint(len(_EVENT_TIME) + 8 + len(rest)) + _EVENT_TIME, rest
 
 
 def _link(trace_id: int, span_id: int) -> bytes:
@@ -163,6 +194,7 @@ def _link(trace_id: int, span_id: int) -> bytes:
     return delimited(_LINK, link.SerializeToString())
 
 
+@functools.lru_cache(maxsize=1024)
 def _error_status(description: str | None) -> bytes:
     status = Status(code=Status.StatusCode.STATUS_CODE_ERROR, message=description or "")
     return delimited(_STATUS, status.SerializeToString())
@@ -200,6 +232,15 @@ class SessionEncoder:
         self.resource = delimited(_RESOURCE, resource.SerializeToString())
         self._offset = session.wall_ns(0)
         self._functions: dict[int, _Function] = {}
+        # What the compiled writer reads: {code id: (CodeInfo, constants)} of simple functions.
+        self._simple: dict[int, tuple[CodeInfo, bytes]] = {}
+        self._writer = None
+        if (compiled := accelerated.module()) is not None:
+            self._writer = compiled.SpanWriter(
+                _writer_pieces(), accelerated.wire_layout(), _STATE_ATTRIBUTES, session.codes,
+                self._simple, _event_parts, session.id_keys(), self._offset, _FAILED,
+                wire.FLAG_START_UNKNOWN,
+            )  # fmt: skip
 
     def encode(
         self, session: ProcessSession, records: Iterable[tuple[Any, ...]]
@@ -207,11 +248,22 @@ class SessionEncoder:
         """(one `ScopeSpans.spans` field per good record, how many records were malformed)."""
         spans: list[bytes] = []
         malformed = 0
-        for record in records:
-            try:
-                spans.append(self.encode_span(session, record))
-            except MALFORMED_RECORD:
-                malformed += 1
+        if self._writer is None:
+            for record in records:
+                try:
+                    spans.append(self.encode_span(session, record))
+                except MALFORMED_RECORD:
+                    malformed += 1
+            return spans, malformed
+        records = records if isinstance(records, list) else list(records)
+        for record, written in zip(records, self._writer.encode(records), strict=True):
+            if written is None:  # not the common case: Python's
+                try:
+                    written = self.encode_span(session, record)
+                except MALFORMED_RECORD:
+                    malformed += 1
+                    continue
+            spans.append(written)
         return spans, malformed
 
     def encode_span(self, session: ProcessSession, record: tuple[Any, ...]) -> bytes:
@@ -292,6 +344,10 @@ class SessionEncoder:
             function = _Function.build(info or UNKNOWN_CODE, session.span_name(code_id))
             if info is not None:
                 self._functions[code_id] = function
+                if function.simple:
+                    self._simple[code_id] = (info, function.constants)
+                else:
+                    self._simple.pop(code_id, None)
         return function
 
 
@@ -301,10 +357,13 @@ def encode_request(batch: Iterable[tuple[SessionEncoder, Sequence[bytes]]]) -> b
     by_session: dict[SessionEncoder, list[bytes]] = {}
     for encoder, spans in batch:
         by_session.setdefault(encoder, []).extend(spans)
-    return b"".join(
-        delimited(
-            _RESOURCE_SPANS,
-            encoder.resource + delimited(_SCOPE_SPANS, _SCOPE + b"".join(spans)),
-        )
-        for encoder, spans in by_session.items()
-    )
+    # Lengths first, then one join: a request is ~100 KB, and each nested concatenation
+    # would copy it all again.
+    pieces: list[bytes] = []
+    for encoder, spans in by_session.items():
+        scope_spans = len(_SCOPE) + sum(map(len, spans))
+        scope_head = _SCOPE_SPANS + varint(scope_spans)
+        resource_spans = len(encoder.resource) + len(scope_head) + scope_spans
+        pieces += (_RESOURCE_SPANS, varint(resource_spans), encoder.resource, scope_head, _SCOPE)
+        pieces += spans
+    return b"".join(pieces)

@@ -19,6 +19,7 @@ __all__ = [
     "VARINT",
     "attribute_field",
     "attribute_fields",
+    "attribute_pieces",
     "delimited",
     "key_values",
     "tag",
@@ -81,6 +82,14 @@ def attribute_field(field_tag: bytes, key: str, value: object) -> bytes:
     else:
         return attribute_fields(field_tag, {key: value})
     return delimited(field_tag, delimited(_KEY, key.encode()) + delimited(_VALUE, any_value))
+
+
+def attribute_pieces(keys: Mapping[str, str]) -> dict[str, bytes]:
+    """What a compiled writer needs to write int and str attributes as attribute_field
+    does: the AnyValue tags, and each of `keys` (piece name: key) as its KeyValue.key field."""
+    pieces = {"value": _VALUE, "int_value": _INT_VALUE, "string_value": _STRING_VALUE}
+    pieces.update({name: delimited(_KEY, key.encode()) for name, key in keys.items()})
+    return pieces
 
 
 def _any_value(value: object) -> AnyValue:

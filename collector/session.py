@@ -122,6 +122,10 @@ class ProcessSession:
         """128-bit trace id for an agent-local trace key (never 0)."""
         return ((local * _MIX128) ^ self._salt128) & _MASK128 or 1
 
+    def id_keys(self) -> tuple[int, int, int, int]:
+        """(mix64, salt64, mix128, salt128): span_id and trace_id, for a compiled writer."""
+        return _MIX64, self._salt64, _MIX128, self._salt128
+
     def add_codes(self, entries: list[tuple[int, str, str, int, str]]) -> None:
         """Record CODES entries, with what the rules say of each function."""
         for code_id, qualname, filename, lineno, module in entries:

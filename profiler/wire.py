@@ -18,6 +18,7 @@ from __future__ import annotations
 import marshal
 import operator
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = [
@@ -148,11 +149,19 @@ def encode_frame(kind: int, body: Any) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into (kind, body) pairs; feed it whatever recv() returned."""
+    """Splits a byte stream into (kind, body) pairs; feed it whatever recv() returned.
 
-    def __init__(self, allowed_kinds: frozenset[int]) -> None:
+    `check_spans(spans) -> index or -1` may stand in for _check_span over a SPANS body (the
+    collector's compiled one); the span it points at is explained (WireError) here."""
+
+    def __init__(
+        self,
+        allowed_kinds: frozenset[int],
+        check_spans: Callable[[list[Any]], int] | None = None,
+    ) -> None:
         self._buffer = bytearray()
         self._allowed = allowed_kinds
+        self._check_spans = check_spans
 
     def feed(self, data: bytes) -> list[tuple[int, Any]]:
         """Add bytes; return every complete, validated frame. Raises WireError."""
@@ -173,13 +182,19 @@ class FrameDecoder:
             end = offset + HEADER.size + length
             if len(view) < end:
                 break
-            raw = bytes(view[offset + HEADER.size : end])
+            with memoryview(view)[offset + HEADER.size : end] as raw:  # read in place
+                try:
+                    body = marshal.loads(raw)
+                except (EOFError, ValueError, TypeError) as exc:
+                    raise WireError(f"undecodable body in frame kind {kind}: {exc}") from None
             offset = end
-            try:
-                body = marshal.loads(raw)
-            except (EOFError, ValueError, TypeError) as exc:
-                raise WireError(f"undecodable body in frame kind {kind}: {exc}") from None
-            frames.append((kind, decode_body(kind, body)))
+            if kind == SPANS and self._check_spans is not None and type(body) is list:
+                bad = self._check_spans(body)
+                if bad >= 0:
+                    _explain_bad_span(kind, body[bad])
+                frames.append((kind, body))
+            else:
+                frames.append((kind, decode_body(kind, body)))
         del self._buffer[:offset]
         return frames
 
@@ -227,7 +242,8 @@ def _check_span(kind: int, span: Any) -> None:
         isinstance(span, tuple)
         and len(span) == SPAN_FIELDS
         and set(map(type, _span_ints(span))) == _INT
-        and span[SPAN_STATE] in STATE_NAMES
+        and type(state := span[SPAN_STATE]) is int
+        and state in STATE_NAMES
         and type(events := span[SPAN_EVENTS]) is tuple
         and len(events) % 3 == 0
         and ((error := span[SPAN_ERROR]) is None or (isinstance(error, tuple) and len(error) == 3))
@@ -246,7 +262,8 @@ def _explain_bad_span(kind: int, span: Any) -> None:
     _require(isinstance(span, tuple) and len(span) == SPAN_FIELDS, kind, "span is not a tuple")
     for index in _SPAN_INTS:
         _require(type(span[index]) is int, kind, f"span field {index} is not an int")
-    _require(span[SPAN_STATE] in STATE_NAMES, kind, "unknown span state")
+    state = span[SPAN_STATE]
+    _require(type(state) is int and state in STATE_NAMES, kind, "unknown span state")
     events = span[SPAN_EVENTS]
     _require(type(events) is tuple and len(events) % 3 == 0, kind, "span events are not triplets")
     # Event kinds and times are checked where they are read (collector.spans), which drops

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import struct
+from typing import Any
 
 import pytest
 
+from collector.accelerated import compiled, span_checker
 from profiler import wire
 from profiler.agent import bootstrap
 
@@ -87,6 +90,41 @@ def test_malformed_frames_are_rejected(data: bytes, message: str) -> None:
 def test_malformed_spans_are_rejected(body: list[object], message: str) -> None:
     with pytest.raises(wire.WireError, match=message):
         wire.decode_body(wire.SPANS, body)
+    # AND so does the collector's decoder, with its compiled check if it has one
+    frame = wire.encode_frame(wire.SPANS, [span(), *body])
+    with pytest.raises(wire.WireError, match=message):
+        wire.FrameDecoder(wire.AGENT_KINDS, span_checker()).feed(frame)
+
+
+ODD_VALUES: list[Any] = [None, 0, 1, True, 1.5, "x", b"x", (), (1, 2), (1, 2, 3), (1,) * 6,
+                         [1, 2], {}, 2**70, -1, [1, 2, 3]]  # fmt: skip
+
+
+@pytest.mark.skipif(not compiled()[0], reason=f"no compiled span check: {compiled()[1]}")
+def test_the_compiled_span_check_agrees_with_the_python_one() -> None:
+    # GIVEN every field of a valid span replaced, one and two at a time, by odd values
+    variants = [span(), span()[:-1], list(span()), "span", None, (*span(), 1)]
+    for index, value in itertools.product(range(wire.SPAN_FIELDS), ODD_VALUES):
+        variants.append(span(**{f"f{index}": value}))
+    for (first, second), value in zip(
+        itertools.combinations(range(wire.SPAN_FIELDS), 2), itertools.cycle(ODD_VALUES)
+    ):
+        variants.append(span(**{f"f{first}": value, f"f{second}": (value, 1)}))
+    checker = span_checker()
+    assert checker is not None
+
+    def python_accepts(candidate: Any) -> bool:
+        try:
+            wire.decode_body(wire.SPANS, [candidate])
+        except wire.WireError:
+            return False
+        return True
+
+    # WHEN each is checked by both THEN they agree, and each refused one is pointed at
+    verdicts = [python_accepts(candidate) for candidate in variants]
+    assert [checker([candidate]) == -1 for candidate in variants] == verdicts
+    assert 100 < verdicts.count(False) < len(variants) - 100  # both kinds well represented
+    assert checker([span(), span(), span(f8=99), span(f8="x")]) == 2
 
 
 def test_dict_bodies_may_hold_only_plain_data() -> None:

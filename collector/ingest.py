@@ -15,9 +15,10 @@ import asyncio
 import hmac
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from profiler import wire
 from profiler.agent.rules import RuleBook
@@ -33,6 +34,8 @@ from .spans import MALFORMED, build_span
 __all__ = ["AgentConnection", "Notice", "SessionHub"]
 
 _SPAN_CHECKER = span_checker()  # compiled, or None: wire checks each span in Python
+ROOM_WAIT: Final = 0.5  # seconds one SPANS frame may wait for room in a backlogged sink
+ROOM_POLL: Final = 0.005
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,17 @@ class SessionHub:
             self.connections.discard(connection)
             if not self.connections:
                 self._idle.set()
+
+    async def make_room(self, count: int) -> None:
+        """Wait (at most ROOM_WAIT s) while a record sink is backlogged for `count` more
+        records: the caller stops reading its agent meanwhile, and the agent's socket, then
+        its bounded buffer, absorb the burst."""
+        waiting = [s for s in self.sinks if isinstance(s, RecordSink) and s.backlogged(count)]
+        if not waiting:
+            return
+        deadline = time.monotonic() + ROOM_WAIT
+        while time.monotonic() < deadline and any(s.backlogged(count) for s in waiting):
+            await asyncio.sleep(ROOM_POLL)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no agent is connected; False on timeout."""
@@ -166,6 +180,8 @@ class AgentConnection:
                 if not data:
                     break
                 for kind, body in self._decoder.feed(data):
+                    if kind == wire.SPANS and self.session is not None:
+                        await self.hub.make_room(len(body))
                     self._on_frame(kind, body)
         except wire.WireError as exc:
             self.hub.notify(Notice("protocol_error", self.pid, f"malformed frame: {exc}"))

@@ -104,6 +104,7 @@ class OtlpExporter:
         self._timeout = min(settings.export_timeout, settings.bsp_export_timeout)
         self._drain_timeout = settings.bsp_export_timeout
         self._gave_up = False
+        self._answering = True  # the endpoint answered the last request (no retry under way)
         self._encoders: weakref.WeakKeyDictionary[ProcessSession, SessionEncoder] = (
             weakref.WeakKeyDictionary()
         )
@@ -134,6 +135,16 @@ class OtlpExporter:
             self.watch.lost("queue_full", dropped, why, "queue")
         return malformed
 
+    def backlogged(self, count: int) -> bool:
+        """True while `count` more spans would not all fit in the queue but the endpoint is
+        answering: spans come in bursts (each agent ships once a second), and a burst larger
+        than the queue is worth a moment's wait (the ingest loop stops reading, the agent's
+        socket fills) rather than drops. Not while it fails: then the queue drops, counted."""
+        batcher = self._batcher
+        return (
+            self._answering and not batcher.closed and batcher.room < min(count, batcher.max_queue)
+        )
+
     def flush(self, timeout_s: float) -> bool:
         """Send everything queued so far; True if it all went out within `timeout_s` (what
         the endpoint did with it is in the watch's counts)."""
@@ -152,14 +163,19 @@ class OtlpExporter:
         if left:
             self.watch.lost("shutdown", left, f"{left} spans were still queued at exit", "shutdown")
 
+    def _retrying(self, failure: ExportFailure, delay: float) -> None:
+        self._answering = False
+        self.watch.retrying(failure, delay)
+
     def _send(self, batch: Batch[SessionEncoder]) -> None:
         count = sum(len(spans) for _, spans in batch)
         try:
             outcome = self._client.export(
-                encode_request(batch), time.monotonic() + self._timeout, self.watch.retrying
+                encode_request(batch), time.monotonic() + self._timeout, self._retrying
             )
         except Exception as exc:  # whatever happened, these spans are counted
             outcome = ExportFailure("INTERNAL", f"{type(exc).__name__}: {exc}")
+        self._answering = not isinstance(outcome, ExportFailure)
         if isinstance(outcome, ExportFailure):
             why = f"{outcome.code} ({outcome.details})"
             self.watch.lost("export_failed", count, why, outcome.code)

@@ -42,6 +42,10 @@ class RecordSink(Protocol):
     def on_records(self, session: ProcessSession, records: list[tuple[Any, ...]]) -> int:
         """Take a frame's records; must not block. Returns how many were malformed."""
 
+    def backlogged(self, count: int) -> bool:
+        """True while `count` more records would not all fit but its endpoint is answering:
+        worth the ingest loop waiting a moment rather than dropping some."""
+
     def flush(self, timeout_s: float) -> bool:
         """Push out everything received so far; True if it all went."""
 

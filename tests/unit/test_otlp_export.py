@@ -3,7 +3,9 @@ accounting of the exporter (every span queued is exported or counted dropped, by
 
 from __future__ import annotations
 
+import asyncio
 import io
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +20,17 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from prometheus_client.exposition import generate_latest
 
 from collector.exposition import build_registry
+from collector.ingest import SessionHub
 from collector.metrics import MetricsStore
 from collector.otlp import ExportWatch, OtlpExporter
 from collector.otlp_batcher import SpanBatcher
 from collector.otlp_client import ExportFailure, OtlpClient
 from collector.otlp_encoder import SessionEncoder
 from collector.service import Summary
+from collector.session import ResourceSettings
 from collector.settings import Settings
+from profiler import wire
+from profiler.agent.settings import AgentSettings
 from profiler.cli.report import Reporter
 from tests.unit.test_otlp_encoder import record, session
 
@@ -112,13 +118,17 @@ def test_the_queue_is_bounded_and_close_counts_what_was_left() -> None:
 class Flaky(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
     """Fails the first `failures` calls with `code` (asking for a 10 ms retry delay)."""
 
-    def __init__(self, failures: int, code: grpc.StatusCode, rejected: int = 0) -> None:
+    def __init__(
+        self, failures: int, code: grpc.StatusCode, rejected: int = 0, delay: float = 0.0
+    ) -> None:
         self.failures = failures
         self.code = code
         self.rejected = rejected
+        self.delay = delay  # seconds each answer takes
         self.requests: list[Any] = []
 
     def Export(self, request: Any, context: Any) -> Any:
+        time.sleep(self.delay)
         self.requests.append(request)
         if len(self.requests) <= self.failures:
             retry = RetryInfo(retry_delay=Duration(nanos=10_000_000)).SerializeToString()
@@ -304,3 +314,74 @@ def test_the_closing_line_says_how_many_spans_were_lost_and_why() -> None:
         "never reached the endpoint (100 dropped because the export queue was full, 20 in "
         "exports that failed after retries)\n"
     )
+
+
+# -- bursts: the ingest loop waits for a backlogged exporter ---------------------------------
+
+
+def feed_burst(otlp: OtlpExporter, frames: int, per_frame: int) -> float:
+    """An agent sends HELLO, CODES and `frames` SPANS frames at once over a real Unix socket
+    to a SessionHub exporting with `otlp`; returns the seconds the hub took to take them."""
+    s = session()
+    hello = {**s.hello, "token": "t"}
+    stream = [
+        wire.encode_frame(wire.HELLO, hello),
+        wire.encode_frame(wire.CODES, [(1, "handle", "/app/shop.py", 3, "shop")]),
+    ]
+    span_id = 1
+    for _ in range(frames):
+        stream.append(
+            wire.encode_frame(wire.SPANS, [record(id=span_id + i) for i in range(per_frame)])
+        )
+        span_id += per_frame
+    stream.append(wire.encode_frame(wire.BYE, {"reason": "done"}))
+
+    async def run() -> float:
+        hub = SessionHub([otlp], AgentSettings(), ResourceSettings(), "t", lambda notice: None)
+        with tempfile.TemporaryDirectory() as folder:
+            path = f"{folder}/agent.sock"
+            server = await asyncio.start_unix_server(hub.handle, path=path)
+            started = time.monotonic()
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"".join(stream))
+            await writer.drain()
+            writer.close()
+            await asyncio.sleep(0.05)
+            assert await hub.wait_idle(30)
+            server.close()
+            return time.monotonic() - started
+
+    return asyncio.run(run())
+
+
+def test_a_burst_larger_than_the_queue_waits_for_an_answering_endpoint(
+    server: tuple[Flaky, str],
+) -> None:
+    # GIVEN a real endpoint taking 20 ms per request, and a queue of 50 spans
+    servicer, endpoint = server
+    servicer.delay = 0.02
+    settings = Settings(endpoint=endpoint, max_queue_size=50, max_export_batch_size=25)
+    otlp = OtlpExporter(settings, ExportWatch(endpoint, print, MetricsStore()))
+    # WHEN an agent ships a burst of ten times that at once
+    feed_burst(otlp, frames=10, per_frame=50)
+    assert otlp.flush(10)
+    otlp.shutdown()
+    # THEN the ingest loop waited for room instead of dropping: every span got there
+    assert otlp.watch.exported == 500 and otlp.watch.spans_lost == 0
+    assert sum(len(r.resource_spans[0].scope_spans[0].spans) for r in servicer.requests) == 500
+
+
+def test_a_failing_endpoint_is_not_waited_for(server: tuple[Flaky, str]) -> None:
+    # GIVEN an endpoint that refuses everything (not worth retrying), and a queue of 50
+    servicer, endpoint = server
+    servicer.failures, servicer.code, servicer.delay = 10**6, grpc.StatusCode.INVALID_ARGUMENT, 0.02
+    settings = Settings(endpoint=endpoint, max_queue_size=50, max_export_batch_size=25)
+    otlp = OtlpExporter(settings, ExportWatch(endpoint, lambda message: None, MetricsStore()))
+    # WHEN a burst of 500 spans comes THEN the hub takes it without waiting on the endpoint
+    took = feed_burst(otlp, frames=10, per_frame=50)
+    otlp.shutdown()
+    assert took < 2.0
+    # AND every span is counted: refused by the endpoint, or dropped from the full queue
+    watch = otlp.watch
+    assert watch.exported == 0 and watch.spans_lost == 500
+    assert watch.dropped["queue_full"] > 0 and watch.dropped["export_failed"] > 0

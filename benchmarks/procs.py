@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from profiler.agent.settings import ACCELERATOR_ENV
+
 __all__ = [
     "BenchError",
     "Child",
@@ -68,11 +70,12 @@ def stop_group(pgid: int) -> None:
 
 
 def clean_environment() -> dict[str, str]:
-    """This environment without OTEL_* / ASYNC_INSPECT_* settings that would skew a mode."""
+    """This environment without OTEL_* / ASYNC_INSPECT_* settings that would skew a mode,
+    except ASYNC_INSPECT_ACCELERATOR: `=0` measures the pure-Python agent and collector."""
     return {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "ASYNC_INSPECT_"))
+        if key == ACCELERATOR_ENV or not key.startswith(("OTEL_", "ASYNC_INSPECT_"))
     }
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "WireError",
     "decode_body",
     "encode_frame",
+    "frame_of",
 ]
 
 MAGIC: Final = b"AI"
@@ -142,7 +143,11 @@ class WireError(ValueError):
 
 def encode_frame(kind: int, body: Any) -> bytes:
     """Return one complete frame carrying `body` (marshal-able plain data)."""
-    data = marshal.dumps(body)
+    return frame_of(kind, marshal.dumps(body))
+
+
+def frame_of(kind: int, data: bytes) -> bytes:
+    """Return one complete frame around `data`, a body already in marshal's format."""
     if len(data) > MAX_BODY:
         raise WireError(f"frame body of {len(data)} bytes exceeds {MAX_BODY}")
     return HEADER.pack(MAGIC, VERSION, kind, len(data)) + data

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 1  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 2  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
 
@@ -95,6 +95,7 @@ def _layout() -> dict[str, int]:
     layout["FLAG_TASK_ROOT"] = wire.FLAG_TASK_ROOT
     layout["FLAG_START_UNKNOWN"] = wire.FLAG_START_UNKNOWN
     layout.update(CODE_WAKE=CODE_WAKE, CODE_CAPTURE=CODE_CAPTURE, CODE_RATE=CODE_RATE)
+    layout["WIRE_FIELDS"] = wire.SPAN_FIELDS
     return layout
 
 
@@ -182,6 +183,13 @@ class AcceleratedTracker(Tracker):
     def task_counts(self) -> tuple[int, int, int]:
         """As Tracker.task_counts (in C)."""
         return self._hooks.task_counts()
+
+    def spans_frame(self, spans: list[S.Span]) -> bytes:
+        """As Tracker.spans_frame, the body written in C (Python's for an unusual value)."""
+        body = self._hooks.marshal_spans(spans)
+        if body is None:
+            return super().spans_frame(spans)
+        return wire.frame_of(wire.SPANS, body)
 
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with what the C counted since the last one merged in."""

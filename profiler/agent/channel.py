@@ -51,7 +51,11 @@ class Channel:
 
     def send(self, kind: int, body: Any) -> bool:
         """Send one frame; False (and `broken`) if the collector is gone."""
-        data = wire.encode_frame(kind, body)
+        return self.send_frame(wire.encode_frame(kind, body))
+
+    def send_frame(self, data: bytes) -> bool:
+        """Send one complete frame (wire.encode_frame's); False (and `broken`) if the
+        collector is gone."""
         with self._lock:
             sock = self._sock
             if sock is None or self.broken:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import wire
-from . import spans as S
 from .channel import Channel, connect
 from .tracker import Tracker
 
@@ -100,14 +99,17 @@ class Sender:
             codes = _drain(tracker.new_codes, len(tracker.new_codes))
             if codes and not channel.send(wire.CODES, codes):
                 tracker.new_codes.extendleft(reversed(codes))  # resent in full on reconnect
-            records = [S.to_wire(span) for span in _drain(tracker.finished, self._high_water)]
-            records.extend(extra or ())
-            for first in range(0, len(records), self._batch):
-                batch = records[first : first + self._batch]
-                if channel.send(wire.SPANS, batch):
-                    self.spans_sent += len(batch)
+            spans = _drain(tracker.finished, self._high_water)
+            frames = [(len(c), tracker.spans_frame(c)) for c in _chunks(spans, self._batch)]
+            frames += [
+                (len(chunk), wire.encode_frame(wire.SPANS, chunk))
+                for chunk in _chunks(extra or [], self._batch)
+            ]
+            for count, frame in frames:
+                if channel.send_frame(frame):
+                    self.spans_sent += count
                 else:
-                    self.dropped_disconnected += len(batch)
+                    self.dropped_disconnected += count
             if with_stats:
                 channel.send(wire.STATS, self.stats())
 
@@ -145,6 +147,10 @@ class Sender:
             self.tracker.meters.resend_all()
             self.tracker.new_codes.clear()
             self.channel.send(wire.CODES, self.tracker.all_codes())
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[first : first + size] for first in range(0, len(items), size)]
 
 
 def _drain(queue: Any, limit: int) -> list[Any]:

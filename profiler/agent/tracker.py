@@ -573,6 +573,11 @@ class Tracker:
         live, running, oldest = self.task_counts()
         return self.meters.snapshot(live, running, _now() - oldest if running else 0)
 
+    def spans_frame(self, spans: list[S.Span]) -> bytes:
+        """A SPANS frame of these finished spans (for the sender). Raises WireError if too
+        big for one frame."""
+        return wire.encode_frame(wire.SPANS, [S.to_wire(span) for span in spans])
+
     def task_counts(self) -> tuple[int, int, int]:
         """(live tasks, running tasks, the earliest time one of them resumed or 0), from the
         open spans: a task is live while its first span is open. A walk at each stats frame

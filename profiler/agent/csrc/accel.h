@@ -7,6 +7,10 @@
 
 #ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x030C0000 /* one binary for every CPython from 3.12 on (abi3) */
+/* -- marshal.c -------------------------------------------------------------------------- */
+
+AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
+
 #endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,6 +20,10 @@
 
 #if !defined(__linux__)
 #error "the accelerator's clock is CLOCK_MONOTONIC, which is time.perf_counter_ns on Linux only"
+/* -- marshal.c -------------------------------------------------------------------------- */
+
+AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
+
 #endif
 
 #define AI_INTERNAL __attribute__((visibility("hidden")))
@@ -28,7 +36,7 @@ _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 #define SWEEP_INFOS_AT 1024
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -36,6 +44,8 @@ enum {
     EVENTS_DROPPED, ERROR, TASK_NAME, PARENT_TASK, LINK, REMOTE, FLAGS, ATTRS,
     RESUMED, PARENT, CHILD, SAMPLED, TASK_INFO, BLOCKED_AT, SPAN_LEN
 };
+/* A span's first WIRE_FIELDS items are its wire record (wire.SPAN_FIELDS). */
+#define WIRE_FIELDS (ATTRS + 1)
 /* wire.py values; checked too. */
 enum { EVENT_POLL = 1, EVENT_WAKE = 2, EVENT_BLOCKED = 3, EVENT_COMPLETED = 4 };
 enum { STATE_COMPLETED = 1, STATE_FAILED = 2, STATE_CANCELLED = 3, STATE_RUNNING = 4 };
@@ -226,5 +236,9 @@ AI_INTERNAL int append_event(PyObject *events, int kind, int64_t when, PyObject 
 AI_INTERNAL int append_event_at(PyObject *events, int kind, PyObject *when, PyObject *detail);
 AI_INTERNAL PyObject *describe_awaited(Hooks *h, PyObject *value);
 AI_INTERNAL int drop(Hooks *h, PyObject *reason);
+
+/* -- marshal.c -------------------------------------------------------------------------- */
+
+AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
 
 #endif

@@ -480,6 +480,17 @@ Hooks_info_for(Hooks *h, PyObject *task)
     return info_for(h, task);
 }
 
+PyDoc_STRVAR(marshal_spans_doc,
+             "marshal_spans(spans)\n--\n\nmarshal.dumps([spans.to_wire(s) for s in spans]), "
+             "in marshal's format but written here; None if a value is not one of a record's "
+             "plain types.");
+
+static PyObject *
+Hooks_marshal_spans(Hooks *Py_UNUSED(h), PyObject *spans)
+{
+    return marshal_spans(spans);
+}
+
 PyDoc_STRVAR(task_counts_doc,
              "task_counts()\n--\n\nTracker.task_counts: (live tasks, running tasks, the "
              "earliest time one of them resumed or 0), from the open spans.");
@@ -545,7 +556,7 @@ check_layout(PyObject *layout)
         {"STATE_FAILED", STATE_FAILED}, {"STATE_CANCELLED", STATE_CANCELLED},
         {"STATE_RUNNING", STATE_RUNNING}, {"FLAG_TASK_ROOT", FLAG_TASK_ROOT},
         {"FLAG_START_UNKNOWN", FLAG_START_UNKNOWN}, {"CODE_CAPTURE", AI_CODE_CAPTURE},
-        {"CODE_RATE", AI_CODE_RATE}, {"CODE_WAKE", AI_CODE_WAKE},
+        {"CODE_RATE", AI_CODE_RATE}, {"CODE_WAKE", AI_CODE_WAKE}, {"WIRE_FIELDS", WIRE_FIELDS},
     };
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
         int64_t value;
@@ -811,6 +822,7 @@ static PyMethodDef Hooks_methods[] = {
     {"task_bound", (PyCFunction)(void (*)(void))Hooks_task_bound, METH_FASTCALL, task_bound_doc},
     {"info_for", (PyCFunction)Hooks_info_for, METH_O, info_for_doc},
     {"task_counts", (PyCFunction)Hooks_task_counts, METH_NOARGS, task_counts_doc},
+    {"marshal_spans", (PyCFunction)Hooks_marshal_spans, METH_O, marshal_spans_doc},
     {NULL, NULL, 0, NULL},
 };
 

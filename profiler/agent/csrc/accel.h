@@ -7,10 +7,6 @@
 
 #ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x030C0000 /* one binary for every CPython from 3.12 on (abi3) */
-/* -- marshal.c -------------------------------------------------------------------------- */
-
-AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
-
 #endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,10 +16,6 @@ AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
 
 #if !defined(__linux__)
 #error "the accelerator's clock is CLOCK_MONOTONIC, which is time.perf_counter_ns on Linux only"
-/* -- marshal.c -------------------------------------------------------------------------- */
-
-AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
-
 #endif
 
 #define AI_INTERNAL __attribute__((visibility("hidden")))

@@ -248,16 +248,10 @@ class SessionEncoder:
         """(one `ScopeSpans.spans` field per good record, how many records were malformed)."""
         spans: list[bytes] = []
         malformed = 0
-        if self._writer is None:
-            for record in records:
-                try:
-                    spans.append(self.encode_span(session, record))
-                except MALFORMED_RECORD:
-                    malformed += 1
-            return spans, malformed
         records = records if isinstance(records, list) else list(records)
-        for record, written in zip(records, self._writer.encode(records), strict=True):
-            if written is None:  # not the common case: Python's
+        compiled = self._writer.encode(records) if self._writer else [None] * len(records)
+        for record, written in zip(records, compiled, strict=True):
+            if written is None:  # not the compiled writer's case: Python's
                 try:
                     written = self.encode_span(session, record)
                 except MALFORMED_RECORD:

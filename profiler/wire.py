@@ -193,13 +193,7 @@ class FrameDecoder:
                 except (EOFError, ValueError, TypeError) as exc:
                     raise WireError(f"undecodable body in frame kind {kind}: {exc}") from None
             offset = end
-            if kind == SPANS and self._check_spans is not None and type(body) is list:
-                bad = self._check_spans(body)
-                if bad >= 0:
-                    _explain_bad_span(kind, body[bad])
-                frames.append((kind, body))
-            else:
-                frames.append((kind, decode_body(kind, body)))
+            frames.append((kind, decode_body(kind, body, self._check_spans)))
         del self._buffer[:offset]
         return frames
 
@@ -283,10 +277,16 @@ def _explain_bad_span(kind: int, span: Any) -> None:
     raise AssertionError("_check_span and _explain_bad_span disagree")  # one check failed
 
 
-def decode_body(kind: int, body: Any) -> Any:
-    """Validate a decoded body for its frame kind and return it. Raises WireError."""
+def decode_body(kind: int, body: Any, check_spans: Callable[[list[Any]], int] | None = None) -> Any:
+    """Validate a decoded body for its frame kind and return it. Raises WireError.
+    `check_spans` (see FrameDecoder) stands in for _check_span over a SPANS body."""
     if kind in (SPANS, CODES):
         _require(isinstance(body, list), kind, "body is not a list")
+        if kind == SPANS and check_spans is not None:
+            bad = check_spans(body)
+            if bad >= 0:
+                _explain_bad_span(kind, body[bad])
+            return body
         for item in body:
             if kind == SPANS:
                 _check_span(kind, item)

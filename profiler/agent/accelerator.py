@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 2  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 3  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
 
@@ -190,6 +190,9 @@ class AcceleratedTracker(Tracker):
         if body is None:
             return super().spans_frame(spans)
         return wire.frame_of(wire.SPANS, body)
+
+    def _became_running(self) -> None:
+        self._hooks.running += 1  # the C's count of running spans (Hooks.running)
 
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with what the C counted since the last one merged in."""

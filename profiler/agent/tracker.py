@@ -408,8 +408,12 @@ class Tracker:
         span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at)
         if span is not None:
             now = span[RESUMED] = _now()
+            self._became_running()
             if span[EVENTS] is not None:
                 span[EVENTS] = [_POLL, now, None]  # its first poll seen, not a start
+
+    def _became_running(self) -> None:
+        """Python made a span in `open` running (the compiled callbacks count them)."""
 
     def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
         span[END] = t
@@ -511,10 +515,13 @@ class Tracker:
         return info
 
     def adopt_chain(self, task: Any, coros: list[Any]) -> int:
-        """Track a suspended task's traced coroutines (outermost first); returns spans made."""
+        """Track a task's traced coroutines (outermost first); returns spans made. They are
+        suspended, unless the task is in a step now (the agent started inside it, or while
+        its thread waits in a blocking call): then they are running from now."""
         info: S.TaskInfo | None = self.info_for(task)
         parent: S.Span | None = None
         made = 0
+        running = _in_step(task)
         for coro in coros:
             frame = getattr(coro, "cr_frame", None)
             if frame is None or frame in self.open:
@@ -527,7 +534,11 @@ class Tracker:
             span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at, where)
             if span is None:
                 break
-            span[RESUMED] = 0  # suspended right now: no poll seen yet
+            if running:
+                span[RESUMED] = _now()
+                self._became_running()
+            else:
+                span[RESUMED] = 0  # suspended right now: no poll seen yet
             if span[EVENTS] is not None:
                 span[EVENTS] = []
             parent, made = span, made + 1
@@ -632,6 +643,14 @@ _STATE_EVENTS = {
     wire.STATE_FAILED: wire.EVENT_FAILED,
     wire.STATE_CANCELLED: wire.EVENT_CANCELLED,
 }
+
+
+def _in_step(task: Any) -> bool:
+    """Whether `task` is its loop's current task: in a step, its frames on a stack."""
+    try:
+        return bool(_current_task(task.get_loop()) is task)
+    except Exception:  # a task class of another kind: taken as suspended, as before
+        return False
 
 
 def _describe_awaited(value: object) -> str:

@@ -9,9 +9,10 @@ import json
 import marshal
 import os
 import random
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from profiler.agent import spans as S
 from profiler.agent.codefilter import CodeFilter
 from profiler.agent.monitoring import Installation, claim_tool_id
 from profiler.agent.settings import ACCELERATOR_ENV, AgentSettings
-from profiler.agent.tasks import LoopWatcher
+from profiler.agent.tasks import LoopWatcher, adopt_existing
 from profiler.agent.tracker import Tracker
 from profiler.payload import accelerator_binary, agent_modules, payload
 from tests.conftest import INTERPRETERS, interpreter_params
@@ -105,6 +106,25 @@ async def workload(gate: asyncio.Event) -> None:
     for n in range(8):  # roots of their own: sampled or not by the ratio
         asyncio.get_running_loop().call_soon(asyncio.ensure_future, middle(n))
     await asyncio.sleep(0.01)
+    await unseen_tasks()
+
+
+def direct_task(coro: Any, eager: bool) -> asyncio.Task[Any]:
+    # As aiohttp makes its request tasks: asyncio.Task itself, no task factory.
+    return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=eager)
+
+
+async def unseen_tasks() -> None:
+    # Tasks the factory never sees: started by the loop, or eagerly under this span (its
+    # child), or eagerly from a loop callback while no span of ours runs (each a root).
+    await direct_task(middle(20), eager=False)
+    await direct_task(middle(21), eager=True)
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+    for n in range(3):
+        loop.call_soon(lambda n=n: made.append(direct_task(middle(30 + n), eager=True)))
+    await asyncio.sleep(0.01)
+    await asyncio.gather(*made)
 
 
 SETTINGS: dict[str, Any] = {
@@ -118,14 +138,27 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def run_traced(make: Callable[[AgentSettings, int], Tracker], seed: int) -> Tracker:
-    settings = AgentSettings(**SETTINGS)
-    tracker = make(settings, claim_tool_id("async-inspect-test"))
+Attaching = Callable[[Installation, LoopWatcher], Coroutine[Any, Any, None]]
+
+
+def run_attaching(tracker: Tracker, main: Attaching) -> None:
+    """asyncio.run(main(installation, watcher)): `main` installs the tracker when it likes,
+    as an attach does mid-run; removed after, no internal error allowed."""
     watcher = LoopWatcher(tracker)
     tracker.on_new_loop = watcher.ensure
     installation = Installation(tracker.tool, tracker)
+    try:
+        asyncio.run(main(installation, watcher))
+    finally:
+        installation.remove()
+        watcher.restore_all()
+    assert tracker.internal_errors == 0, tracker.last_error
 
-    async def main() -> None:
+
+def run_traced(make: Callable[[AgentSettings, int], Tracker], seed: int) -> Tracker:
+    tracker = make(AgentSettings(**SETTINGS), claim_tool_id("async-inspect-test"))
+
+    async def main(installation: Installation, watcher: LoopWatcher) -> None:
         # A task already waiting when the agent starts, adopted when it resumes (not by
         # adopt_existing: all_tasks() has no stable order, so neither would the ids).
         gate = asyncio.Event()
@@ -137,12 +170,7 @@ def run_traced(make: Callable[[AgentSettings, int], Tracker], seed: int) -> Trac
         await early
 
     random.seed(seed)
-    try:
-        asyncio.run(main())
-    finally:
-        installation.remove()
-        watcher.restore_all()
-    assert tracker.internal_errors == 0, tracker.last_error
+    run_attaching(tracker, main)
     return tracker
 
 
@@ -155,13 +183,16 @@ def comparable(tracker: Tracker) -> list[tuple[Any, ...]]:
             record[index] = None
         events = record[wire.SPAN_EVENTS]
         record[wire.SPAN_EVENTS] = tuple(
-            (events[i], events[i + 2]) for i in range(0, len(events), 3)
+            (events[i], unnumbered(events[i + 2])) for i in range(0, len(events), 3)
         )
-        name = record[wire.SPAN_TASK_NAME]  # asyncio numbers its tasks across runs
-        if name is not None and name.startswith("Task-"):
-            record[wire.SPAN_TASK_NAME] = "Task-N"
+        record[wire.SPAN_TASK_NAME] = unnumbered(record[wire.SPAN_TASK_NAME])
         spans.append(tuple(record))
     return spans
+
+
+def unnumbered(text: str | None) -> str | None:
+    """`text` with asyncio's task number (counted across runs) taken out."""
+    return re.sub(r"\bTask-\d+", "Task-N", text) if text is not None else None
 
 
 def python_tracker(settings: AgentSettings, tool: int) -> Tracker:
@@ -187,6 +218,9 @@ def test_compiled_callbacks_make_the_same_spans_and_meters(seed: int) -> None:
     assert any(s[wire.SPAN_FLAGS] & wire.FLAG_START_UNKNOWN for s in expected)
     assert any(s[wire.SPAN_ATTRS] == (("k", "cash"),) for s in expected)
     assert comparable(compiled) == expected
+    # (the compiled ones skip the frame walk while no span runs: nothing runs at the end)
+    assert isinstance(compiled, accelerator.AcceleratedTracker)
+    assert compiled._hooks.running == 0
     assert compiled.all_codes() == python.all_codes()
     assert compiled.tasks_seen == python.tasks_seen
     # AND count the same spans, tasks and steps
@@ -200,6 +234,34 @@ def test_compiled_callbacks_make_the_same_spans_and_meters(seed: int) -> None:
 
 
 @needs_compiled
+@pytest.mark.parametrize(
+    "make", [python_tracker, pytest.param(compiled_tracker, marks=needs_compiled)]
+)
+def test_a_coroutine_started_in_the_step_that_adopted_its_caller_is_its_child(
+    make: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN an agent that starts inside a task's step (as an attach can), adopting that task
+    tracker = make(AgentSettings(), claim_tool_id("async-inspect-test"))
+
+    async def running_at_attach(installation: Installation, watcher: LoopWatcher) -> None:
+        installation.install()
+        assert adopt_existing(tracker, watcher) == (1, 1)
+        # WHEN the task, still in that step, awaits a traced coroutine
+        await leaf(1)
+
+    run_attaching(tracker, running_at_attach)
+    # THEN that coroutine is the adopted span's child, not a root of its own
+    names = {code_id: qualname.rsplit(".", 1)[-1] for code_id, qualname, *_ in tracker.all_codes()}
+    records = (S.to_wire(span) for span in tracker.finished)
+    by_name = {names[record[wire.SPAN_CODE]]: record for record in records}
+    adopted, child = by_name["running_at_attach"], by_name["leaf"]
+    assert adopted[wire.SPAN_FLAGS] & wire.FLAG_START_UNKNOWN
+    assert child[wire.SPAN_PARENT] == adopted[wire.SPAN_ID]
+    assert child[wire.SPAN_TRACE] == adopted[wire.SPAN_TRACE]
+    if isinstance(tracker, accelerator.AcceleratedTracker):
+        assert tracker._hooks.running == 0
+
+
 def test_the_clock_is_perf_counter_ns() -> None:
     tracker = compiled_tracker(AgentSettings(), 5)
     before = __import__("time").perf_counter_ns()

@@ -28,7 +28,7 @@ _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 #define SWEEP_INFOS_AT 1024
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -73,11 +73,19 @@ typedef struct {
     PyObject *template;     /* spans.new_span's constants, copied into every new span */
     PyObject *thread_obj;   /* the int of the native thread id last seen (one per task saved) */
     unsigned long thread_native;
+    unsigned long thread_ident; /* pthread_self() of that thread: gettid() is a system call */
     PyObject *names[N_COUNT];
     PyObject *s_yield, *s_task_prefix, *s_throw_prefix, *s_open_limit, *s_buffer_full;
     PyObject *s_otel_module;
     int64_t split_ns, max_open, max_buffer, max_event_items;
     int64_t next_span_id, next_task_id, tasks_seen;
+    /* Spans in `open` whose coroutine runs now (RESUMED set), on any thread. Every frame on
+     * a stack is running, so while this is 0 no span of ours is on any stack: a new span
+     * has no parent or creator to find there, and on_start skips the frame walk (which
+     * makes CPython create a frame object per step). Never too low: each change follows
+     * a RESUMED change of a span in `open`; Python adds the spans it makes running
+     * (Tracker._became_running). */
+    int64_t running;
     Py_ssize_t sweep_infos_at; /* _task_infos size that makes us drop its dead tasks */
     double ratio;
     int parent_based;

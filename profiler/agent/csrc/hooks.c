@@ -110,6 +110,13 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     int64_t code_id = slot->code_id;
     int code_flags = slot->flags;
     int64_t t = now_ns();
+    if (h->running == 0 && PyDict_Size(h->task_frames) == 0) {
+        /* Nothing of ours on any stack (Hooks.running): a root, or a task's first span,
+         * found without walking the frames below (a server's request task, each time). */
+        PyObject *span = open_span(h, frame, NULL, code_id, code_flags, t);
+        Py_XDECREF(span);
+        return span == NULL ? fault(h) : Py_NewRef(Py_None);
+    }
     PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
     if (back == NULL) {
         return fault(h);
@@ -155,8 +162,12 @@ fail:
 static int
 resumed(Hooks *h, PyObject *span, PyObject *detail)
 {
-    int64_t t = now_ns();
-    if (put_int(span, RESUMED, t) < 0 || add_int(span, POLLS, 1) < 0) {
+    int64_t t = now_ns(), before;
+    if (get_int(span, RESUMED, &before) < 0 || put_int(span, RESUMED, t) < 0) {
+        return -1;
+    }
+    h->running += before == 0;
+    if (add_int(span, POLLS, 1) < 0) {
         return -1;
     }
     int sampled = is_true(span, SAMPLED);
@@ -236,6 +247,7 @@ Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         if (add_int(span, BUSY, step) < 0 || put_int(span, RESUMED, 0) < 0) {
             goto fail;
         }
+        h->running--;
         PyObject *parent = PyList_GetItem(span, PARENT);
         if (parent == NULL) {
             goto fail;
@@ -420,8 +432,8 @@ Hooks_take_meters(Hooks *h, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(reset_doc,
-             "reset()\n--\n\nForget wake times, counted meters and the last loop "
-             "(Tracker.clear); traced code stays traced.");
+             "reset()\n--\n\nForget wake times, counted meters, running spans, the last loop "
+             "and thread (Tracker.clear); traced code stays traced.");
 
 static PyObject *
 Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
@@ -430,7 +442,9 @@ Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
     h->wakes.used = 0;
     h->factory_checks = 0;
     h->sweep_infos_at = SWEEP_INFOS_AT;
+    h->running = 0;
     Py_CLEAR(h->last_loop);
+    Py_CLEAR(h->thread_obj); /* a forked child's thread has another id */
     Py_RETURN_NONE;
 }
 
@@ -831,6 +845,8 @@ static PyMemberDef Hooks_members[] = {
      PyDoc_STR("Tasks given a TaskInfo by this object.")},
     {"next_task_id", Py_T_LONGLONG, offsetof(Hooks, next_task_id), 0,
      PyDoc_STR("The id the next TaskInfo gets.")},
+    {"running", Py_T_LONGLONG, offsetof(Hooks, running), 0,
+     PyDoc_STR("Spans in `open` running now; Python adds those it makes running.")},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -134,9 +134,10 @@ open_child(Hooks *h, PyObject *frame, PyObject *parent, int64_t code_id, int cod
                  || (remote != Py_None && put(span, REMOTE, remote_below(remote)) < 0)
                  || put_ref(span, PARENT, parent) < 0
                  || put(span, SAMPLED, item_ref(parent, SAMPLED)) < 0
-                 || put_ref(parent, CHILD, span) < 0 || PyDict_SetItem(h->open, frame, span) < 0
-                 || (sampled && (code_flags & AI_CODE_CAPTURE)
-                     && capture(h, span, code_id, frame) < 0);
+                 || put_ref(parent, CHILD, span) < 0 || PyDict_SetItem(h->open, frame, span) < 0;
+    h->running += !failed; /* in `open`, running */
+    failed = failed
+             || (sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0);
     Py_XDECREF(t_obj);
     Py_XDECREF(span);
     return failed ? -1 : 0;
@@ -273,16 +274,18 @@ lineage(Hooks *h, PyObject *parent, PyObject *span_id, int64_t code_id, int code
 static int
 task_of(Hooks *h, PyObject *info, PyObject **task_id, PyObject **thread, int64_t *flags)
 {
-    unsigned long native = PyThread_get_thread_native_id();
-    if (h->thread_obj == NULL || h->thread_native != native) { /* one int per thread, not task */
-        PyObject *made = PyLong_FromUnsignedLong(native);
+    unsigned long ident = PyThread_get_thread_ident();
+    if (h->thread_obj == NULL || h->thread_ident != ident) { /* one int per thread, not task */
+        h->thread_native = PyThread_get_thread_native_id();
+        PyObject *made = PyLong_FromUnsignedLong(h->thread_native);
         if (made == NULL) {
             return -1;
         }
         Py_XDECREF(h->thread_obj);
         h->thread_obj = made;
-        h->thread_native = native;
+        h->thread_ident = ident;
     }
+    unsigned long native = h->thread_native;
     *thread = Py_NewRef(h->thread_obj);
     if (info == Py_None) {
         *task_id = PyLong_FromLong(0);
@@ -299,8 +302,9 @@ task_of(Hooks *h, PyObject *info, PyObject **task_id, PyObject **thread, int64_t
 }
 
 /* Tracker._open (where=None) for what the fast path does not take: a root, a task's first
- * span, a child of a long-lived span, or past the open-span limit. `back` is frame.f_back.
- * Returns a new reference to the span, to None if none was opened, or NULL. */
+ * span, a child of a long-lived span, or past the open-span limit. `back` is frame.f_back,
+ * or NULL when no span can be on the stack (Hooks.running). Returns a new reference to
+ * the span, to None if none was opened, or NULL. */
 AI_INTERNAL PyObject *
 open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_flags, int64_t t)
 {
@@ -357,6 +361,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if (PyDict_SetItem(h->open, frame, span) < 0) {
         goto fail;
     }
+    h->running++;
     if (!same_task && info != Py_None) { /* found again in `open` by task_counts */
         h->meters.tasks_created++;
     }
@@ -456,8 +461,11 @@ finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc)
     int64_t resumed, busy;
     PyObject *parent = PyList_GetItem(span, PARENT);
     int sampled = is_true(span, SAMPLED);
-    if (parent == NULL || sampled < 0 || get_int(span, RESUMED, &resumed) < 0
-        || get_int(span, BUSY, &busy) < 0) {
+    if (parent == NULL || sampled < 0 || get_int(span, RESUMED, &resumed) < 0) {
+        return -1;
+    }
+    h->running -= resumed != 0; /* out of `open` (the caller took it) */
+    if (get_int(span, BUSY, &busy) < 0) {
         return -1;
     }
     if (resumed) {

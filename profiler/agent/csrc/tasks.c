@@ -533,8 +533,25 @@ in_await_chain(Hooks *h, PyObject *frame)
     return chain;
 }
 
+/* The parent of a task's first span when the factory did not see the task: `creator`
+ * (a new reference, consumed; the span below that started it eagerly, or None), and the
+ * current task's TaskInfo. */
+static int
+unseen_task(Hooks *h, PyObject *creator, PyObject **parent_out, PyObject **info_out)
+{
+    PyObject *info = creator != NULL ? current_task_info(h) : NULL;
+    if (info == NULL) {
+        Py_XDECREF(creator);
+        return -1;
+    }
+    *parent_out = creator;
+    *info_out = info;
+    return 0;
+}
+
 /* Tracker._find_parent: new references to (parent span or None, TaskInfo or None), and
- * whether the parent awaits us in the same task. `back` is frame.f_back (borrowed). */
+ * whether the parent awaits us in the same task. `back` is frame.f_back (borrowed), or
+ * NULL: no span of ours is running, so none is on the stack and no walk is needed. */
 AI_INTERNAL int
 find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
             PyObject **info_out, int *same_task)
@@ -560,6 +577,9 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
     }
     if (PyErr_Occurred()) {
         return -1;
+    }
+    if (back == NULL) {
+        return unseen_task(h, Py_NewRef(Py_None), parent_out, info_out);
     }
     Py_INCREF(back);
     for (int i = 0; i < MAX_WALK && back != Py_None; i++) {
@@ -606,17 +626,7 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
      * stack below; if the event loop called its step, find_open_span stops right there. */
     PyObject *creator = find_open_span(h, back);
     Py_DECREF(back);
-    if (creator == NULL) {
-        return -1;
-    }
-    info = current_task_info(h);
-    if (info == NULL) {
-        Py_DECREF(creator);
-        return -1;
-    }
-    *parent_out = creator;
-    *info_out = info;
-    return 0;
+    return unseen_task(h, creator, parent_out, info_out);
 fail:
     Py_DECREF(back);
     return -1;

@@ -196,6 +196,17 @@ def busy_neighbour(ctx: ModeContext, started: Started, exercise: Exercise) -> No
     started.checks.append(lambda: ctx.children.stop(neighbour))
 
 
+# ---- the floor: what the events themselves cost, with callbacks that do nothing -------------
+
+FLOOR = str(Path(__file__).resolve().parent / "targets" / "monitoring_floor.py")
+
+
+def monitoring_floor(ctx: ModeContext, target: list[str]) -> list[str]:
+    """The target under the agent's sys.monitoring events with no-op callbacks
+    (targets/monitoring_floor.py): the floor of any tracer built on these events."""
+    return pinned(ctx.target_cpu, [ctx.python, FLOOR, *target])
+
+
 @dataclass(frozen=True)
 class Mode:
     """One way of running the target: `command` starts it, `on_ready` may act on it after."""
@@ -228,5 +239,6 @@ MODES: dict[str, Mode] = {
         Mode("peer-otel", otel_peer, under_cli=False, exported_share=1.0, workloads=AIOHTTP),
         Mode("busy-neighbour", baseline, under_cli=False, exported_share=0.0,
              on_ready=busy_neighbour),
+        Mode("monitoring-floor", monitoring_floor, under_cli=False, exported_share=0.0),
     )
 }  # fmt: skip

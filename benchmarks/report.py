@@ -32,6 +32,7 @@ LABELS = {
     "after-detach": "after `detach PID` / Ctrl-C",
     "peer-otel": "peer: OpenTelemetry's aiohttp instrumentation, SDK export",
     "busy-neighbour": "no agent; a busy loop takes 20% of the CLI's CPU",
+    "monitoring-floor": "floor: the agent's sys.monitoring events, callbacks that do nothing",
     "baseline": "noise floor: plain python, round vs median",
 }
 GOALS = {  # issue 6, per mode and workload

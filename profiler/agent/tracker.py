@@ -370,7 +370,11 @@ class Tracker:
         return span
 
     def _find_parent(self, frame: FrameType) -> tuple[S.Span | None, S.TaskInfo | None, bool]:
-        """(parent span, task info, whether the parent awaits us in the same task)."""
+        """(parent span, task info, whether the parent awaits us in the same task).
+
+        The compiled callbacks skip the walk below while no span runs (a frame on a stack is
+        running, so nothing could be found); this one always walks, and the parity test
+        holds the two to the same spans."""
         info = self._task_frames.pop(frame, None)
         if info is not None:  # this coroutine is the task's own: a task root
             return info.creator, info, False

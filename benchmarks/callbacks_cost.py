@@ -1,21 +1,28 @@
-"""The agent's callbacks, counted exactly: CPU instructions per W2 request under callgrind.
+"""The agent's callbacks, counted exactly: CPU instructions per W2 request (or W1 chain)
+under callgrind.
 
-    .venv/bin/python -m benchmarks.callbacks_cost                 # ~6 minutes, needs valgrind
+    .venv/bin/python -m benchmarks.callbacks_cost                 # W2, ~8 minutes, needs valgrind
+    .venv/bin/python -m benchmarks.callbacks_cost --workload W1   # W1, ~7 minutes
 
 Timings on a shared machine swing by tens of percent; instruction counts do not. In one
 process, an aiohttp hello-world server and a client on one kept-alive connection exchange
-requests; the agent's tracker is installed the way the agent installs it (tool id, events,
-task factory, wake hook), but nothing is shipped or exported: this isolates what the
+requests (W2), or 100 tasks each await `top() -> middle() -> leaf() -> sleep(0)` (W1, as
+targets/chains.py); the agent's tracker is installed the way the agent installs it (tool id,
+events, task factory, wake hook), but nothing is shipped or exported: this isolates what the
 sys.monitoring callbacks and their bookkeeping cost per request. Each mode runs twice under
-`valgrind --tool=callgrind` (1 and 1 + N requests per round, 3 rounds) and the difference /
-(3 N) is the cost of one request (start-up, imports and teardown cancel out).
+`valgrind --tool=callgrind` (1 and 1 + N requests per round, 3 rounds; W1: 1 and 1 + N chains
+per task) and the difference / (3 N), W1 / (100 N), is the cost of one request or chain
+(start-up, imports and teardown cancel out).
 
     baseline    no agent
     compiled    the compiled callbacks, every trace sampled / `compiled-0`: none sampled
     python      the pure-Python callbacks, every trace sampled / `python-0`: none sampled
+    noop        no agent: the agent's events with Python callbacks that do nothing
+                (targets/noop_tracer.py) / `noop-steps`: its --steps design
 
 The client's own coroutine is application code too, so a request here has a few more spans
-than a request in benchmarks.overhead's W2.
+than a request in benchmarks.overhead's W2. Nothing drains the agent's buffer here, so every
+span of the run stays in it, and the cyclic GC's full passes over the buffer are counted.
 """
 
 from __future__ import annotations
@@ -27,14 +34,23 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-MODES = ("baseline", "compiled", "compiled-0", "python", "python-0")
+MODES = ("baseline", "compiled", "compiled-0", "python", "python-0", "noop", "noop-steps")
 ROUNDS = 3
+W1_TASKS = 100
+TARGETS = Path(__file__).resolve().parent / "targets"
 
 
 def install(mode: str) -> None:
     """Start observing this process as the agent would, minus the sender."""
     if mode == "baseline":
+        return
+    if mode.startswith("noop"):
+        sys.path.insert(0, str(TARGETS))
+        from noop_tracer import install as install_noop  # type: ignore[import-not-found]
+
+        install_noop(steps=mode == "noop-steps")
         return
     from profiler.agent.accelerator import AcceleratedTracker, new_tracker
     from profiler.agent.codefilter import CodeFilter
@@ -83,10 +99,30 @@ async def exchange(requests: int) -> None:
     await runner.cleanup()
 
 
-def instructions(mode: str, requests: int) -> int:
+async def chains(per_task: int) -> None:
+    """W1: W1_TASKS tasks, each awaiting targets/chains.py's three-deep chain `per_task`
+    times."""
+    sys.path.insert(0, str(TARGETS))
+    from chains import top  # type: ignore[import-not-found]
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            await top()
+
+    loop = asyncio.get_running_loop()
+    spawned: asyncio.Future[list[asyncio.Task[None]]] = loop.create_future()
+    # From a loop callback, as in targets/chains.py: each worker is a root of its own.
+    loop.call_soon(
+        lambda: spawned.set_result([loop.create_task(worker()) for _ in range(W1_TASKS)])
+    )
+    await asyncio.gather(*await spawned)
+
+
+def instructions(mode: str, workload: str, count: int) -> int:
     """Instructions callgrind counted for a whole `--serve` run."""
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-            "-m", "benchmarks.callbacks_cost", "--serve", mode, str(requests)]  # fmt: skip
+            "-m", "benchmarks.callbacks_cost", "--workload", workload,
+            "--serve", mode, str(count)]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
@@ -98,25 +134,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.callbacks_cost",
                                      description=__doc__.split("\n")[0])  # fmt: skip
     parser.add_argument("--requests", type=int, default=1000, help="N per round (1000)")
+    parser.add_argument("--workload", choices=("W1", "W2"), default="W2")
     parser.add_argument("--modes", default=",".join(MODES), help=f"among {', '.join(MODES)}")
     parser.add_argument("--serve", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         install(args.serve[0])
-        asyncio.run(exchange(int(args.serve[1])))
+        work = chains if args.workload == "W1" else exchange
+        asyncio.run(work(int(args.serve[1])))
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     started = time.monotonic()
     per_request: dict[str, int] = {}
+    unit, units = ("chain", W1_TASKS) if args.workload == "W1" else ("request", ROUNDS)
     for mode in modes:
-        extra = instructions(mode, 1 + args.requests) - instructions(mode, 1)
-        per_request[mode] = extra // (ROUNDS * args.requests)
-        print(f"[{mode}] {per_request[mode]:,} instructions/request", file=sys.stderr)
+        runs = [instructions(mode, args.workload, n) for n in (1 + args.requests, 1)]
+        per_request[mode] = (runs[0] - runs[1]) // (units * args.requests)
+        print(f"[{mode}] {per_request[mode]:,} instructions/{unit}", file=sys.stderr)
     base = per_request.get("baseline")
-    print(f"instructions per W2 request, in-process, under callgrind ({args.requests} x "
-          f"{ROUNDS} requests; {time.monotonic() - started:.0f}s)")  # fmt: skip
+    print(f"instructions per {args.workload} {unit}, in-process, under callgrind "
+          f"({args.requests} x {units} {unit}s; {time.monotonic() - started:.0f}s)")  # fmt: skip
     print(f"{'mode':<12}{'instructions':>14}{'vs baseline':>14}")
     for mode, count in per_request.items():
         versus = f"{count / base - 1:+.1%}" if base else "-"

@@ -196,15 +196,20 @@ def busy_neighbour(ctx: ModeContext, started: Started, exercise: Exercise) -> No
     started.checks.append(lambda: ctx.children.stop(neighbour))
 
 
-# ---- the floor: what the events themselves cost, with callbacks that do nothing -------------
+# ---- a tracer that does nothing, on the agent's events -----------------------------------
 
-FLOOR = str(Path(__file__).resolve().parent / "targets" / "monitoring_floor.py")
+NOOP_TRACER = str(Path(__file__).resolve().parent / "targets" / "noop_tracer.py")
 
 
-def monitoring_floor(ctx: ModeContext, target: list[str]) -> list[str]:
-    """The target under the agent's sys.monitoring events with no-op callbacks
-    (targets/monitoring_floor.py): the floor of any tracer built on these events."""
-    return pinned(ctx.target_cpu, [ctx.python, FLOOR, *target])
+def noop_tracer(*flags: str) -> Command:
+    """The target under the agent's sys.monitoring events with Python callbacks that do
+    nothing (targets/noop_tracer.py); with `--steps`, the events of a design that follows
+    task steps instead of every coroutine's resumes and yields."""
+
+    def command(ctx: ModeContext, target: list[str]) -> list[str]:
+        return pinned(ctx.target_cpu, [ctx.python, NOOP_TRACER, *flags, *target])
+
+    return command
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,7 @@ MODES: dict[str, Mode] = {
         Mode("peer-otel", otel_peer, under_cli=False, exported_share=1.0, workloads=AIOHTTP),
         Mode("busy-neighbour", baseline, under_cli=False, exported_share=0.0,
              on_ready=busy_neighbour),
-        Mode("monitoring-floor", monitoring_floor, under_cli=False, exported_share=0.0),
+        Mode("noop-tracer", noop_tracer(), under_cli=False, exported_share=0.0),
+        Mode("noop-tracer-steps", noop_tracer("--steps"), under_cli=False, exported_share=0.0),
     )
 }  # fmt: skip

@@ -29,7 +29,7 @@ from .table import render
 from .workloads import Chains, Http, Service, Workload
 
 DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport", "attached",
-                 "after-detach", "peer-otel", "busy-neighbour", "monitoring-floor")  # fmt: skip
+                 "after-detach", "peer-otel", "busy-neighbour", "noop-tracer")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,7 +32,8 @@ LABELS = {
     "after-detach": "after `detach PID` / Ctrl-C",
     "peer-otel": "peer: OpenTelemetry's aiohttp instrumentation, SDK export",
     "busy-neighbour": "no agent; a busy loop takes 20% of the CLI's CPU",
-    "monitoring-floor": "floor: the agent's sys.monitoring events, callbacks that do nothing",
+    "noop-tracer": "no agent: a Python tracer on the agent's events, callbacks that do nothing",
+    "noop-tracer-steps": "the same on a design following task steps (start/return + Handle._run)",
     "baseline": "noise floor: plain python, round vs median",
 }
 GOALS = {  # issue 6, per mode and workload

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 MODES = ("baseline", "compiled", "compiled-0", "python", "python-0", "noop", "noop-steps")
 ROUNDS = 3
@@ -42,15 +44,19 @@ W1_TASKS = 100
 TARGETS = Path(__file__).resolve().parent / "targets"
 
 
+def target_module(name: str) -> Any:
+    """A module of targets/ (they are scripts, not a package), imported."""
+    if str(TARGETS) not in sys.path:
+        sys.path.insert(0, str(TARGETS))
+    return importlib.import_module(name)
+
+
 def install(mode: str) -> None:
     """Start observing this process as the agent would, minus the sender."""
     if mode == "baseline":
         return
     if mode.startswith("noop"):
-        sys.path.insert(0, str(TARGETS))
-        from noop_tracer import install as install_noop  # type: ignore[import-not-found]
-
-        install_noop(steps=mode == "noop-steps")
+        target_module("noop_tracer").install(steps=mode == "noop-steps")
         return
     from profiler.agent.accelerator import AcceleratedTracker, new_tracker
     from profiler.agent.codefilter import CodeFilter
@@ -102,8 +108,7 @@ async def exchange(requests: int) -> None:
 async def chains(per_task: int) -> None:
     """W1: W1_TASKS tasks, each awaiting targets/chains.py's three-deep chain `per_task`
     times."""
-    sys.path.insert(0, str(TARGETS))
-    from chains import top  # type: ignore[import-not-found]
+    top = target_module("chains").top
 
     async def worker() -> None:
         for _ in range(per_task):
@@ -147,17 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     started = time.monotonic()
-    per_request: dict[str, int] = {}
+    per_unit: dict[str, int] = {}
     unit, units = ("chain", W1_TASKS) if args.workload == "W1" else ("request", ROUNDS)
     for mode in modes:
         runs = [instructions(mode, args.workload, n) for n in (1 + args.requests, 1)]
-        per_request[mode] = (runs[0] - runs[1]) // (units * args.requests)
-        print(f"[{mode}] {per_request[mode]:,} instructions/{unit}", file=sys.stderr)
-    base = per_request.get("baseline")
+        per_unit[mode] = (runs[0] - runs[1]) // (units * args.requests)
+        print(f"[{mode}] {per_unit[mode]:,} instructions/{unit}", file=sys.stderr)
+    base = per_unit.get("baseline")
     print(f"instructions per {args.workload} {unit}, in-process, under callgrind "
           f"({args.requests} x {units} {unit}s; {time.monotonic() - started:.0f}s)")  # fmt: skip
     print(f"{'mode':<12}{'instructions':>14}{'vs baseline':>14}")
-    for mode, count in per_request.items():
+    for mode, count in per_unit.items():
         versus = f"{count / base - 1:+.1%}" if base else "-"
         print(f"{mode:<12}{count:>14,}{versus:>14}")
     return 0

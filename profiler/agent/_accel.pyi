@@ -2,7 +2,7 @@
 from types import CodeType, FrameType
 from typing import Any
 
-from .spans import Span
+from .spans import Span as SpanList
 from .spans import TaskInfo as SpanTaskInfo
 
 ABI_VERSION: int
@@ -10,12 +10,19 @@ ABI_VERSION: int
 class TaskInfo:
     # Duck-compatible with spans.TaskInfo, which the tracker's annotations name.
     id: int
-    creator: Span | None
+    creator: SpanList | None
     creator_task: int
     thread: int
     ref: Any
-    def __init__(self, task_id: int, creator: Span | None) -> None: ...
+    def __init__(self, task_id: int, creator: SpanList | None) -> None: ...
     def name(self) -> str | None: ...
+
+class Span:
+    # The compiled span: read and written by position like the spans.Span list it stands for.
+    def __init__(self, fields: SpanList, /) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+    def __setitem__(self, index: int, value: Any) -> None: ...
 
 class Hooks:
     tasks_seen: int

@@ -3,9 +3,11 @@
 `_accel` is a C extension built by the package's own build from `csrc/` against the limited
 API of 3.12, so one binary serves every CPython from 3.12 on. An `AcceleratedTracker` is a
 `Tracker` whose six sys.monitoring callbacks are `_accel.Hooks` methods working on the
-tracker's own containers and on the same span lists: the sender, the in-flight flush and
-the tests see no difference. What happens once per code object, task, loop or error stays
-in Tracker's Python (the C calls back into it), and so do adoption and `in_flight`.
+tracker's own containers. Its spans are `_accel.Span` objects: C fields (no int object per
+value), which Python reads and writes by position like the spans.Span lists, so the
+sender, the in-flight flush and the tests see no difference. What happens once per code
+object, task, loop or error stays in Tracker's Python (the C calls back into it), and so do
+adoption and `in_flight`.
 
 Loading never fails the agent: not built, not loadable here (another libc, architecture,
 a free-threaded build, a folder mounted noexec...), a stale binary, or
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 3  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 4  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
 
@@ -131,8 +133,11 @@ class AcceleratedTracker(Tracker):
             "slow_ns": SLOW_STEP_NS,
         }
         self._hooks: Hooks = accel.Hooks(self, _layout(), config)
-        # One span id sequence for the C and for Tracker._open (adoption).
+        # One span id sequence for the C and for Tracker._open (adoption), and one kind of
+        # span: what Python opens is a compiled Span too.
         self._span_ids = self._hooks.next_span_id
+        span_type = accel.Span
+        self._new_span = lambda *fields: span_type(S.new_span(*fields))
 
     @property
     def tasks_seen(self) -> int:

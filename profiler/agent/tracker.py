@@ -108,6 +108,7 @@ class Tracker:
         self.tool = tool
         self._filter = code_filter
         self.open: dict[FrameType, S.Span] = {}
+        self._new_span: Callable[..., S.Span] = S.new_span  # compiled: a _accel.Span
         # Keyed by id(code): a code object recomputes its hash (over its constants) on every
         # lookup, thousands of instructions per callback. The objects are kept in _codes, so
         # their ids cannot be reused while we hold them.
@@ -353,7 +354,7 @@ class Tracker:
             if info is not None:
                 flags |= wire.FLAG_TASK_ROOT
                 info.thread = thread
-        span = S.new_span(
+        span = self._new_span(
             span_id, parent_id, trace, task_id, code_id, thread, t, flags, sampled,
             parent if same_task else None, info if not same_task else None,
         )  # fmt: skip

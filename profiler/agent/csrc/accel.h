@@ -1,5 +1,5 @@
 /* What the accelerator's C files share: the Hooks and TaskInfo objects, the span layout,
- * and small helpers over span lists. See accelerator.py for the design; each C function
+ * and the Span object. See accelerator.py for the design; each C function
  * is named after the tracker.py function it mirrors.
  */
 #ifndef ASYNC_INSPECT_ACCEL_H
@@ -28,7 +28,7 @@ _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 #define SWEEP_INFOS_AT 1024
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -70,8 +70,9 @@ typedef struct {
     PyObject *get_running_loop, *current_task, *random, *otel_parent;
     PyObject *last_loop;    /* Tracker._last_loop */
     PyObject *walked_codes; /* list keeping alive the codes whose co_flags are cached */
-    PyObject *template;     /* spans.new_span's constants, copied into every new span */
-    PyObject *thread_obj;   /* the int of the native thread id last seen (one per task saved) */
+    PyObject *span_type;    /* _accel.Span */
+    allocfunc span_alloc;   /* its tp_alloc */
+    int have_thread;        /* thread_native and thread_ident are set */
     unsigned long thread_native;
     unsigned long thread_ident; /* pthread_self() of that thread: gettid() is a system call */
     PyObject *names[N_COUNT];
@@ -124,65 +125,7 @@ now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* -- span list helpers (each sets an exception when it fails) -------------------------- */
-
-static inline int
-get_int(PyObject *list, Py_ssize_t index, int64_t *out)
-{
-    PyObject *item = PyList_GetItem(list, index);
-    if (item == NULL) {
-        return -1;
-    }
-    long value = PyLong_AsLong(item);
-    if (value == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = value;
-    return 0;
-}
-
-/* list[index] = value (a new reference, consumed even on failure). */
-static inline int
-put(PyObject *list, Py_ssize_t index, PyObject *value)
-{
-    return value == NULL ? -1 : PyList_SetItem(list, index, value);
-}
-
-static inline int
-put_int(PyObject *list, Py_ssize_t index, int64_t value)
-{
-    return put(list, index, PyLong_FromLong(value));
-}
-
-static inline int
-put_ref(PyObject *list, Py_ssize_t index, PyObject *value)
-{
-    return put(list, index, Py_NewRef(value));
-}
-
-static inline int
-add_int(PyObject *list, Py_ssize_t index, int64_t delta)
-{
-    int64_t value;
-    return get_int(list, index, &value) < 0 ? -1 : put_int(list, index, value + delta);
-}
-
-static inline PyObject *
-item_ref(PyObject *list, Py_ssize_t index)
-{
-    PyObject *item = PyList_GetItem(list, index);
-    return item != NULL ? Py_NewRef(item) : NULL;
-}
-
-static inline int
-is_true(PyObject *list, Py_ssize_t index)
-{
-    PyObject *item = PyList_GetItem(list, index);
-    if (item == NULL) {
-        return -1;
-    }
-    return item == Py_True ? 1 : item == Py_False || item == Py_None ? 0 : PyObject_IsTrue(item);
-}
+/* -- calls -------------------------------------------------------------------------------- */
 
 static inline PyObject *
 call_one(PyObject *callable, PyObject *arg)
@@ -200,11 +143,69 @@ call_method_of(PyObject *obj, PyObject *name, PyObject *a, PyObject *b)
     return PyObject_VectorcallMethod(name, args, count | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* *out = int(obj.name); 0, or -1 with an exception. */
+static inline int
+int_attr(PyObject *obj, PyObject *name, int64_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    long long number = value != NULL ? PyLong_AsLongLong(value) : -1;
+    Py_XDECREF(value);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = number;
+    return 0;
+}
+
 /* tracker.name(a, b): the tracker's Python, for what happens once per code, task or error. */
 static inline PyObject *
 call_method(Hooks *h, PyObject *name, PyObject *a, PyObject *b)
 {
     return call_method_of(h->tracker, name, a, b);
+}
+
+/* -- span.c ----------------------------------------------------------------------------- */
+
+/* A span: spans.py's 26-item list, compiled. Each position holds an int64 or an object
+ * (FIELD_KINDS in span.c); EVENTS is a C array. Python reads and writes it by position as
+ * it would the list (span[i], span[i] = v, span[:n], list(span)), converting each value;
+ * the C reads and writes the fields, with no int object made per value.
+ *
+ * Not tracked by the cyclic GC, as the span lists were not: a busy app makes tens of
+ * thousands a second and the buffer holds them up to a second. They form no cycle that
+ * outlives them: a parent's CHILD is cleared when the child finishes, and what they hold
+ * (ints, strings, tuples, TaskInfo, their parent) never points back into a descendant. */
+typedef struct {
+    int64_t when;
+    PyObject *detail; /* a str or None */
+    int kind;
+} Event;
+
+typedef union {
+    int64_t i;
+    PyObject *o;
+} Field;
+
+typedef struct {
+    PyObject_HEAD
+    Field f[SPAN_LEN]; /* f[EVENTS] unused; f[SAMPLED].i is 0 or 1 */
+    Event *events;     /* EVENTS, when `has_events` (sampled spans), else None */
+    int32_t nevents, capacity;
+    int has_events;
+} Span;
+
+#define SPAN(o) ((Span *)(o))
+#define EVENT_ITEMS(s) (3 * (int64_t)(s)->nevents) /* its length as a flat list */
+
+AI_INTERNAL extern PyType_Spec Span_spec;
+AI_INTERNAL PyObject *span_new(Hooks *h);
+AI_INTERNAL int span_event(Span *span, int kind, int64_t when, PyObject *detail);
+AI_INTERNAL void span_set(Span *span, int field, PyObject *value);
+
+static inline int
+is_span(Hooks *h, PyObject *obj)
+{
+    return (PyObject *)Py_TYPE(obj) == h->span_type;
 }
 
 /* -- hooks.c ---------------------------------------------------------------------------- */
@@ -221,24 +222,22 @@ AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *c
 AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent,
                             PyObject **info, int *same_task);
 AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
-AI_INTERNAL PyObject *info_creator_task(Hooks *h, PyObject *info);
+AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);
 AI_INTERNAL int task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest);
 
 /* -- spans.c ---------------------------------------------------------------------------- */
 
-AI_INTERNAL int open_child(Hooks *h, PyObject *frame, PyObject *parent, int64_t code_id,
+AI_INTERNAL int open_child(Hooks *h, PyObject *frame, Span *parent, int64_t code_id,
                            int code_flags, int64_t t);
 AI_INTERNAL PyObject *open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id,
                                 int code_flags, int64_t t);
-AI_INTERNAL int finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc);
-AI_INTERNAL int record_poll(Hooks *h, PyObject *span, int64_t t, PyObject *detail);
-AI_INTERNAL int append_event(PyObject *events, int kind, int64_t when, PyObject *detail);
-AI_INTERNAL int append_event_at(PyObject *events, int kind, PyObject *when, PyObject *detail);
+AI_INTERNAL int finish(Hooks *h, Span *span, int state, int64_t t, PyObject *exc);
+AI_INTERNAL int record_poll(Hooks *h, Span *span, int64_t t, PyObject *detail);
 AI_INTERNAL PyObject *describe_awaited(Hooks *h, PyObject *value);
 AI_INTERNAL int drop(Hooks *h, PyObject *reason);
 
 /* -- marshal.c -------------------------------------------------------------------------- */
 
-AI_INTERNAL PyObject *marshal_spans(PyObject *spans);
+AI_INTERNAL PyObject *marshal_spans(Hooks *h, PyObject *spans);
 
 #endif

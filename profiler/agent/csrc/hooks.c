@@ -35,12 +35,24 @@ fault(Hooks *h)
     Py_RETURN_NONE;
 }
 
+/* `found` (from `open`), if it is a Span; else NULL, with a TypeError for anything but
+ * NULL. Python puts only Spans there (AcceleratedTracker._new_span): this is a guard. */
+static PyObject *
+checked(Hooks *h, PyObject *found)
+{
+    if (found == NULL || is_span(h, found)) {
+        return found;
+    }
+    PyErr_SetString(PyExc_TypeError, "a span in `open` is not an _accel.Span");
+    return NULL;
+}
+
 /* A new reference to the span `open` maps `frame` to, removed from `open`; NULL with no
  * exception if there is none. */
 static PyObject *
 pop_open(Hooks *h, PyObject *frame)
 {
-    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    PyObject *span = checked(h, PyDict_GetItemWithError(h->open, frame));
     if (span == NULL) {
         return NULL;
     }
@@ -68,7 +80,8 @@ running_span(Hooks *h, PyObject *code, int take)
     if (frame == NULL) {
         return NULL;
     }
-    return take ? pop_open(h, frame) : Py_XNewRef(PyDict_GetItemWithError(h->open, frame));
+    return take ? pop_open(h, frame)
+                : Py_XNewRef(checked(h, PyDict_GetItemWithError(h->open, frame)));
 }
 
 /* What a callback returns: None, after reporting the pending error if there is one. */
@@ -121,17 +134,14 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     if (back == NULL) {
         return fault(h);
     }
-    PyObject *parent = back != Py_None ? PyDict_GetItemWithError(h->open, back) : NULL;
+    PyObject *parent = back != Py_None ? checked(h, PyDict_GetItemWithError(h->open, back)) : NULL;
     int slow = parent == NULL;
     if (slow && PyErr_Occurred()) {
         goto fail;
     }
     if (!slow) {
-        int64_t parent_start;
-        if (get_int(parent, START, &parent_start) < 0) {
-            goto fail;
-        }
-        slow = t - parent_start > h->split_ns || PyDict_Size(h->open) >= h->max_open;
+        slow = t - SPAN(parent)->f[START].i > h->split_ns
+               || PyDict_Size(h->open) >= h->max_open;
         if (!slow && PyDict_Size(h->task_frames) > 0
             && (slow = PyDict_Contains(h->task_frames, frame)) < 0) {
             goto fail;
@@ -147,7 +157,7 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     else {
         /* The common case, inlined in Python too: awaited directly by a traced coroutine
          * of this task (held by `open`, which open_child only adds to). */
-        if (open_child(h, frame, parent, code_id, code_flags, t) < 0) {
+        if (open_child(h, frame, SPAN(parent), code_id, code_flags, t) < 0) {
             goto fail;
         }
     }
@@ -160,22 +170,13 @@ fail:
 
 /* A resumed span: one more poll; the innermost records it (with the loop's wake). */
 static int
-resumed(Hooks *h, PyObject *span, PyObject *detail)
+resumed(Hooks *h, Span *span, PyObject *detail)
 {
-    int64_t t = now_ns(), before;
-    if (get_int(span, RESUMED, &before) < 0 || put_int(span, RESUMED, t) < 0) {
-        return -1;
-    }
-    h->running += before == 0;
-    if (add_int(span, POLLS, 1) < 0) {
-        return -1;
-    }
-    int sampled = is_true(span, SAMPLED);
-    PyObject *child = PyList_GetItem(span, CHILD);
-    if (sampled < 0 || child == NULL) {
-        return -1;
-    }
-    if (sampled && child == Py_None) {
+    int64_t t = now_ns();
+    h->running += span->f[RESUMED].i == 0;
+    span->f[RESUMED].i = t;
+    span->f[POLLS].i++;
+    if (span->f[SAMPLED].i && span->f[CHILD].o == Py_None) {
         return record_poll(h, span, t, detail != NULL ? detail : Py_None);
     }
     return 0;
@@ -189,7 +190,7 @@ Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     if (frame == NULL || nargs < 1) {
         Py_RETURN_NONE;
     }
-    PyObject *span = PyDict_GetItemWithError(h->open, frame);
+    PyObject *span = checked(h, PyDict_GetItemWithError(h->open, frame));
     if (span == NULL) {
         if (PyErr_Occurred()) {
             return fault(h);
@@ -205,7 +206,7 @@ Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_INCREF(span);
-    resumed(h, span, NULL);
+    resumed(h, SPAN(span), NULL);
     Py_DECREF(span);
     return done(h);
 }
@@ -222,7 +223,7 @@ Hooks_on_throw(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     PyObject *detail = name != NULL ? PyUnicode_Concat(h->s_throw_prefix, name) : NULL;
     Py_XDECREF(name);
     if (detail != NULL) {
-        resumed(h, span, detail);
+        resumed(h, SPAN(span), detail);
     }
     Py_XDECREF(detail);
     Py_DECREF(span);
@@ -237,59 +238,32 @@ Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     if (span == NULL) {
         return done(h);
     }
-    int64_t t = now_ns(), resumed_at;
-    PyObject *detail = NULL;
-    if (get_int(span, RESUMED, &resumed_at) < 0) {
-        goto fail;
-    }
+    int64_t t = now_ns();
+    Span *suspended = SPAN(span);
+    int64_t resumed_at = suspended->f[RESUMED].i;
     if (resumed_at) {
         int64_t step = t - resumed_at;
-        if (add_int(span, BUSY, step) < 0 || put_int(span, RESUMED, 0) < 0) {
-            goto fail;
-        }
+        suspended->f[BUSY].i += step;
+        suspended->f[RESUMED].i = 0;
         h->running--;
-        PyObject *parent = PyList_GetItem(span, PARENT);
-        if (parent == NULL) {
-            goto fail;
-        }
-        if (parent == Py_None) {
+        if (suspended->f[PARENT].o == Py_None) {
             meter_step(&h->meters, step); /* the loop was blocked this long */
         }
     }
-    int sampled = is_true(span, SAMPLED);
-    PyObject *child = PyList_GetItem(span, CHILD);
-    if (sampled < 0 || child == NULL) {
-        goto fail;
-    }
-    if (sampled && child == Py_None) {
-        PyObject *events = PyList_GetItem(span, EVENTS);
-        PyObject *t_obj = events != NULL ? PyLong_FromLong(t) : NULL;
-        if (t_obj == NULL || put_ref(span, BLOCKED_AT, t_obj) < 0) {
-            Py_XDECREF(t_obj);
-            goto fail;
+    int failed = 0;
+    if (suspended->f[SAMPLED].i && suspended->f[CHILD].o == Py_None) {
+        suspended->f[BLOCKED_AT].i = t;
+        if (EVENT_ITEMS(suspended) < h->max_event_items) {
+            PyObject *detail = describe_awaited(h, args[2]);
+            failed = detail == NULL || span_event(suspended, EVENT_BLOCKED, t, detail) < 0;
+            Py_XDECREF(detail);
         }
-        Py_DECREF(t_obj); /* the span holds it: one int for BLOCKED_AT and the event */
-        Py_ssize_t length = PyList_Size(events);
-        if (length < 0) {
-            goto fail;
-        }
-        if (length < h->max_event_items) {
-            detail = describe_awaited(h, args[2]);
-            if (detail == NULL || append_event_at(events, EVENT_BLOCKED, t_obj, detail) < 0) {
-                goto fail;
-            }
-        }
-        else if (add_int(span, EVENTS_DROPPED, 1) < 0) {
-            goto fail;
+        else {
+            suspended->f[EVENTS_DROPPED].i++;
         }
     }
-    Py_XDECREF(detail);
     Py_DECREF(span);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(detail);
-    Py_DECREF(span);
-    return fault(h);
+    return failed ? fault(h) : Py_NewRef(Py_None);
 }
 
 /* PY_RETURN(code, offset, value): completed; or a selector's select() returned (a wake). */
@@ -308,7 +282,7 @@ Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     if (span == NULL) {
         return done(h);
     }
-    finish(h, span, STATE_COMPLETED, now_ns(), NULL);
+    finish(h, SPAN(span), STATE_COMPLETED, now_ns(), NULL);
     Py_DECREF(span);
     return done(h);
 }
@@ -323,7 +297,7 @@ Hooks_on_unwind(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     }
     int cancelled = PyObject_IsInstance(args[2], h->cancelled);
     if (cancelled >= 0) {
-        finish(h, span, cancelled ? STATE_CANCELLED : STATE_FAILED, now_ns(), args[2]);
+        finish(h, SPAN(span), cancelled ? STATE_CANCELLED : STATE_FAILED, now_ns(), args[2]);
     }
     Py_DECREF(span);
     return done(h);
@@ -444,7 +418,7 @@ Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
     h->sweep_infos_at = SWEEP_INFOS_AT;
     h->running = 0;
     Py_CLEAR(h->last_loop);
-    Py_CLEAR(h->thread_obj); /* a forked child's thread has another id */
+    h->have_thread = 0; /* a forked child's thread has another id */
     Py_RETURN_NONE;
 }
 
@@ -500,9 +474,9 @@ PyDoc_STRVAR(marshal_spans_doc,
              "plain types.");
 
 static PyObject *
-Hooks_marshal_spans(Hooks *Py_UNUSED(h), PyObject *spans)
+Hooks_marshal_spans(Hooks *h, PyObject *spans)
 {
-    return marshal_spans(spans);
+    return marshal_spans(h, spans);
 }
 
 PyDoc_STRVAR(task_counts_doc,
@@ -617,40 +591,6 @@ read_int_tuple(PyObject *config, const char *key, int64_t *out, int capacity, in
     return 0;
 }
 
-/* [0, 0, 0, 0, 0, 0, 0, 0, RUNNING, 1, 0, None, 0, None, None, 0, None, None, 0, None,
- *  0, None, None, False, None, 0]: a running span before its own fields are stored. */
-static PyObject *
-new_template(void)
-{
-    PyObject *template = PyList_New(SPAN_LEN);
-    for (int i = 0; template != NULL && i < SPAN_LEN; i++) {
-        PyObject *value;
-        switch (i) {
-        case EVENTS: case ERROR: case TASK_NAME: case LINK: case REMOTE: case ATTRS:
-        case PARENT: case CHILD: case TASK_INFO:
-            value = Py_NewRef(Py_None);
-            break;
-        case SAMPLED:
-            value = Py_NewRef(Py_False);
-            break;
-        case STATE:
-            value = PyLong_FromLong(STATE_RUNNING);
-            break;
-        case POLLS:
-            value = PyLong_FromLong(1);
-            break;
-        default:
-            value = PyLong_FromLong(0);
-        }
-        if (value == NULL) {
-            Py_CLEAR(template);
-            break;
-        }
-        PyList_SetItem(template, i, value);
-    }
-    return template;
-}
-
 static PyObject *
 Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -741,9 +681,11 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     h->sweep_infos_at = SWEEP_INFOS_AT;
     PyObject *module = PyType_GetModule(type);
     if (module == NULL || !(h->info_type = PyObject_GetAttrString(module, "TaskInfo"))
-        || !(h->walked_codes = PyList_New(0)) || !(h->template = new_template())) {
+        || !(h->span_type = PyObject_GetAttrString(module, "Span"))
+        || !(h->walked_codes = PyList_New(0))) {
         goto fail;
     }
+    h->span_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)h->span_type, Py_tp_alloc);
     return (PyObject *)h;
 fail:
     Py_DECREF(h);
@@ -783,7 +725,6 @@ Hooks_clear(Hooks *h)
     Py_CLEAR(h->current_task);
     Py_CLEAR(h->random);
     Py_CLEAR(h->otel_parent);
-    Py_CLEAR(h->thread_obj);
     Py_CLEAR(h->walked_codes);
     return 0;
 }
@@ -799,7 +740,7 @@ Hooks_dealloc(Hooks *h)
     Py_CLEAR(h->cancelled);
     Py_CLEAR(h->loop_runner);
     Py_CLEAR(h->info_type);
-    Py_CLEAR(h->template);
+    Py_CLEAR(h->span_type);
     for (int i = 0; i < N_COUNT; i++) {
         Py_CLEAR(h->names[i]);
     }
@@ -890,6 +831,7 @@ static int
 accel_exec(PyObject *module)
 {
     if (add_type(module, &TaskInfo_spec, "TaskInfo") < 0
+        || add_type(module, &Span_spec, "Span") < 0
         || add_type(module, &Hooks_spec, "Hooks") < 0) {
         return -1;
     }

@@ -1,5 +1,5 @@
-/* The sender's SPANS body, written from the finished span lists in C (sender.py: to_wire
- * then marshal.dumps, in Python: a slice, two tuples and a marshal pass per span).
+/* The sender's SPANS body, written from the finished Spans in C (sender.py: to_wire then
+ * marshal.dumps, in Python: a slice, two tuples and a marshal pass per span).
  *
  * What comes out is marshal data that marshal.loads reads as [to_wire(span), ...]: a list
  * of 20-item tuples, the events as a tuple. Only the types a record holds are written
@@ -142,18 +142,10 @@ m_put_big_int(Out *out, PyObject *value)
     return result != 0 ? result : m_put_digits(out, digits, count, negative);
 }
 
-/* An int as marshal writes it: 'i' if it fits 32 bits, else 'l' with 15-bit digits. */
+/* A 64-bit int as marshal writes it: 'i' if it fits 32 bits, else 'l' with 15-bit digits. */
 static int
-m_put_int(Out *out, PyObject *value)
+m_put_i64(Out *out, int64_t number)
 {
-    int overflow;
-    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow) {
-        return m_put_big_int(out, value);
-    }
-    if (number == -1 && PyErr_Occurred()) {
-        return -1;
-    }
     if (number >= INT32_MIN && number <= INT32_MAX) {
         return m_put_byte(out, M_INT) < 0 || m_put_i32(out, (int32_t)number) < 0 ? -1 : 0;
     }
@@ -165,6 +157,20 @@ m_put_int(Out *out, PyObject *value)
         magnitude >>= M_LONG_SHIFT;
     }
     return m_put_digits(out, digits, count, number < 0);
+}
+
+static int
+m_put_int(Out *out, PyObject *value)
+{
+    int overflow;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        return m_put_big_int(out, value);
+    }
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return m_put_i64(out, number);
 }
 
 static int
@@ -253,27 +259,41 @@ m_put_value(Out *out, PyObject *value, int depth)
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "floats are copied as marshal writes");
 
-/* One span's wire record: its first WIRE_FIELDS items, the events (a list, or None) as a
- * tuple, as spans.to_wire makes it. */
+/* The kind of value each wire position of a Span holds (span.c's FIELD_KINDS). */
 static int
-m_put_record(Out *out, PyObject *span)
+is_object_field(int field)
 {
-    if (!PyList_Check(span) || PyList_Size(span) < WIRE_FIELDS) {
-        return 1;
+    return field == ERROR || field == TASK_NAME || field == LINK || field == REMOTE
+           || field == ATTRS;
+}
+
+/* The events as a flat tuple: kind, when, detail, ... */
+static int
+m_put_events(Out *out, Span *span)
+{
+    int head = m_put_sequence_head(out, 3 * (Py_ssize_t)span->nevents);
+    for (int32_t i = 0; head == 0 && i < span->nevents; i++) {
+        Event *event = &span->events[i];
+        if (m_put_i64(out, event->kind) < 0 || m_put_i64(out, event->when) < 0) {
+            return -1;
+        }
+        head = m_put_value(out, event->detail, 1);
     }
+    return head;
+}
+
+/* One span's wire record, as spans.to_wire makes it: its first WIRE_FIELDS positions, the
+ * events (None or a list) as a tuple. */
+static int
+m_put_record(Out *out, Span *span)
+{
     if (m_put_sequence_head(out, WIRE_FIELDS) != 0) {
         return -1;
     }
-    for (Py_ssize_t field = 0; field < WIRE_FIELDS; field++) {
-        PyObject *item = PyList_GetItem(span, field);
-        int written;
-        if (field == EVENTS && (item == Py_None || PyList_Check(item))) {
-            Py_ssize_t size = item == Py_None ? 0 : PyList_Size(item);
-            written = size == 0 ? m_put_sequence_head(out, 0) : m_put_items(out, item, size, 1);
-        }
-        else {
-            written = m_put_value(out, item, 1);
-        }
+    for (int field = 0; field < WIRE_FIELDS; field++) {
+        int written = field == EVENTS              ? m_put_events(out, span)
+                      : is_object_field(field) ? m_put_value(out, span->f[field].o, 1)
+                                               : m_put_i64(out, span->f[field].i);
         if (written != 0) {
             return written;
         }
@@ -282,7 +302,7 @@ m_put_record(Out *out, PyObject *span)
 }
 
 AI_INTERNAL PyObject *
-marshal_spans(PyObject *spans)
+marshal_spans(Hooks *h, PyObject *spans)
 {
     if (!PyList_Check(spans)) {
         PyErr_SetString(PyExc_TypeError, "marshal_spans(spans): a list of spans");
@@ -295,7 +315,8 @@ marshal_spans(PyObject *spans)
         written = m_put_byte(&out, M_LIST) < 0 || m_put_i32(&out, (int32_t)count) < 0 ? -1 : 0;
     }
     for (Py_ssize_t i = 0; written == 0 && i < count; i++) {
-        written = m_put_record(&out, PyList_GetItem(spans, i));
+        PyObject *span = PyList_GetItem(spans, i);
+        written = is_span(h, span) ? m_put_record(&out, SPAN(span)) : 1;
     }
     PyObject *result = written < 0   ? NULL
                        : written > 0 ? Py_NewRef(Py_None)

@@ -1,8 +1,7 @@
 /* Span life: open, poll, suspend, finish (tracker.py: on_start's inlined child case,
  * _open, _sample, _finish, _record_poll, _describe_awaited; meters.py: span_finished).
  *
- * Spans are the 26-item lists of spans.py. Times are one int object shared by START,
- * RESUMED and the first poll, as in Python.
+ * Spans are Span objects (accel.h), written field by field.
  */
 #include "accel.h"
 
@@ -14,73 +13,6 @@ drop(Hooks *h, PyObject *reason)
     PyObject *result = call_method(h, NAME(h, _drop), reason, NULL);
     Py_XDECREF(result);
     return result == NULL ? -1 : 0;
-}
-
-/* Append (kind, when, detail) to a flat event list; `when` and `detail` are borrowed. */
-AI_INTERNAL int
-append_event_at(PyObject *events, int kind, PyObject *when, PyObject *detail)
-{
-    PyObject *kind_obj = PyLong_FromLong(kind); /* a small int: never allocated */
-    int failed = kind_obj == NULL || PyList_Append(events, kind_obj) < 0
-                 || PyList_Append(events, when) < 0 || PyList_Append(events, detail) < 0;
-    Py_XDECREF(kind_obj);
-    return failed ? -1 : 0;
-}
-
-AI_INTERNAL int
-append_event(PyObject *events, int kind, int64_t when, PyObject *detail)
-{
-    PyObject *when_obj = PyLong_FromLong(when);
-    int failed = when_obj == NULL || append_event_at(events, kind, when_obj, detail) < 0;
-    Py_XDECREF(when_obj);
-    return failed ? -1 : 0;
-}
-
-/* Span lists and their event lists are not tracked by the cyclic GC. A busy app makes tens
- * of thousands a second and the buffer holds them up to a second: tracked, they made the
- * GC's traversals a quarter of the app's CPU (perf, W1). They form no cycle that outlives
- * them: a parent's CHILD is cleared when the child finishes, and what they hold (ints,
- * strings, tuples, TaskInfo, their parent) never points back into a descendant. Reference
- * counting frees them as before; an untracked list only counts as a root to the GC. */
-static inline PyObject *
-untracked(PyObject *container)
-{
-    if (container != NULL) {
-        PyObject_GC_UnTrack(container);
-    }
-    return container;
-}
-
-/* A new span list holding spans.new_span's constants (a copy of Hooks.template: one C-level
- * copy instead of 26 item stores); the caller stores the rest. */
-static inline PyObject *
-blank_span(Hooks *h)
-{
-    return untracked(PyList_GetSlice(h->template, 0, SPAN_LEN));
-}
-
-/* new_span's first `poll`: [POLL, t, None], with room for a second event (the `blocked` of
- * nearly every span): made with six items, cut to three, the list keeps its six slots,
- * where appending would have grown it to eight. */
-static PyObject *
-first_events(PyObject *t)
-{
-    PyObject *kind = PyLong_FromLong(EVENT_POLL);
-    PyObject *events = kind != NULL ? untracked(PyList_New(6)) : NULL;
-    if (events == NULL) {
-        Py_XDECREF(kind);
-        return NULL;
-    }
-    PyList_SetItem(events, 0, kind);
-    PyList_SetItem(events, 1, Py_NewRef(t));
-    for (Py_ssize_t i = 2; i < 6; i++) {
-        PyList_SetItem(events, i, Py_NewRef(Py_None));
-    }
-    if (PyList_SetSlice(events, 3, 6, NULL) < 0) {
-        Py_DECREF(events);
-        return NULL;
-    }
-    return events;
 }
 
 /* (remote[0], 0): the app's trace id on a descendant of the app's own span; or None. */
@@ -100,7 +32,7 @@ remote_below(PyObject *remote)
 
 /* span[ATTRS] = tracker._capture(code_id, frame): a rule's attributes from the arguments. */
 static int
-capture(Hooks *h, PyObject *span, int64_t code_id, PyObject *frame)
+capture(Hooks *h, Span *span, int64_t code_id, PyObject *frame)
 {
     PyObject *code_obj = PyLong_FromLong(code_id);
     if (code_obj == NULL) {
@@ -108,38 +40,53 @@ capture(Hooks *h, PyObject *span, int64_t code_id, PyObject *frame)
     }
     PyObject *attrs = call_method(h, NAME(h, _capture), code_obj, frame);
     Py_DECREF(code_obj);
-    return put(span, ATTRS, attrs);
+    if (attrs == NULL) {
+        return -1;
+    }
+    span_set(span, ATTRS, attrs);
+    return 0;
+}
+
+/* new_span's events for a sampled span: its first `poll`. */
+static int
+first_poll(Span *span, int64_t t)
+{
+    span->has_events = 1;
+    return span_event(span, EVENT_POLL, t, Py_None);
 }
 
 /* The common case of Tracker.on_start: awaited directly by a traced coroutine of the same
  * task. `parent` is borrowed. */
 AI_INTERNAL int
-open_child(Hooks *h, PyObject *frame, PyObject *parent, int64_t code_id, int code_flags,
+open_child(Hooks *h, PyObject *frame, Span *parent, int64_t code_id, int code_flags,
            int64_t t)
 {
-    int sampled = is_true(parent, SAMPLED);
-    PyObject *remote = PyList_GetItem(parent, REMOTE);
-    if (sampled < 0 || remote == NULL) {
+    int sampled = (int)parent->f[SAMPLED].i;
+    PyObject *remote = remote_below(parent->f[REMOTE].o);
+    PyObject *made = remote != NULL ? span_new(h) : NULL;
+    if (made == NULL) {
+        Py_XDECREF(remote);
         return -1;
     }
-    PyObject *t_obj = PyLong_FromLong(t);
-    PyObject *span = t_obj != NULL ? blank_span(h) : NULL;
-    int failed = span == NULL || put_int(span, ID, h->next_span_id++) < 0
-                 || put(span, PARENT_ID, item_ref(parent, ID)) < 0
-                 || put(span, TRACE, item_ref(parent, TRACE)) < 0
-                 || put(span, TASK, item_ref(parent, TASK)) < 0 || put_int(span, CODE, code_id) < 0
-                 || put(span, THREAD, item_ref(parent, THREAD)) < 0
-                 || put_ref(span, START, t_obj) < 0 || put_ref(span, RESUMED, t_obj) < 0
-                 || (sampled && put(span, EVENTS, first_events(t_obj)) < 0)
-                 || (remote != Py_None && put(span, REMOTE, remote_below(remote)) < 0)
-                 || put_ref(span, PARENT, parent) < 0
-                 || put(span, SAMPLED, item_ref(parent, SAMPLED)) < 0
-                 || put_ref(parent, CHILD, span) < 0 || PyDict_SetItem(h->open, frame, span) < 0;
-    h->running += !failed; /* in `open`, running */
+    Span *span = SPAN(made);
+    span->f[ID].i = h->next_span_id++;
+    span->f[PARENT_ID].i = parent->f[ID].i;
+    span->f[TRACE].i = parent->f[TRACE].i;
+    span->f[TASK].i = parent->f[TASK].i;
+    span->f[CODE].i = code_id;
+    span->f[THREAD].i = parent->f[THREAD].i;
+    span->f[START].i = span->f[RESUMED].i = t;
+    span->f[SAMPLED].i = sampled;
+    span_set(span, REMOTE, remote);
+    span_set(span, PARENT, Py_NewRef((PyObject *)parent));
+    int failed = (sampled && first_poll(span, t) < 0) || PyDict_SetItem(h->open, frame, made) < 0;
+    if (!failed) {
+        span_set(parent, CHILD, Py_NewRef(made));
+        h->running++; /* in `open`, running */
+    }
     failed = failed
              || (sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0);
-    Py_XDECREF(t_obj);
-    Py_XDECREF(span);
+    Py_DECREF(made);
     return failed ? -1 : 0;
 }
 
@@ -188,117 +135,115 @@ app_otel_parent(Hooks *h)
     return PyObject_CallNoArgs(h->otel_parent);
 }
 
-/* Where a root's trace comes from: (trace, parent id, link, remote, sampled), new refs. */
+/* Where a span's trace comes from; `link` and `remote` are new references. */
 typedef struct {
-    PyObject *trace, *parent_id, *link, *remote, *sampled;
+    int64_t trace, parent_id;
+    int sampled;
+    PyObject *link, *remote;
 } Lineage;
 
-static void
-lineage_clear(Lineage *lineage)
+/* (a, b) of two ints. */
+static PyObject *
+int_pair(int64_t a, int64_t b)
 {
-    Py_CLEAR(lineage->trace);
-    Py_CLEAR(lineage->parent_id);
-    Py_CLEAR(lineage->link);
-    Py_CLEAR(lineage->remote);
-    Py_CLEAR(lineage->sampled);
+    PyObject *first = PyLong_FromLongLong(a);
+    PyObject *second = PyLong_FromLongLong(b);
+    PyObject *pair = first != NULL && second != NULL ? PyTuple_Pack(2, first, second) : NULL;
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    return pair;
 }
 
-/* The trace part of Tracker._open. */
+/* The app's own OpenTelemetry span, if any: `out->remote` and, parent-based, `sampled`. */
 static int
-lineage(Hooks *h, PyObject *parent, PyObject *span_id, int64_t code_id, int code_flags,
-        int64_t t, Lineage *out)
+app_lineage(Hooks *h, Lineage *out)
 {
-    int64_t parent_start = 0;
-    if (parent != Py_None && get_int(parent, START, &parent_start) < 0) {
-        return -1;
-    }
-    if (parent != Py_None && t - parent_start <= h->split_ns) {
-        PyObject *parent_remote = PyList_GetItem(parent, REMOTE);
-        out->trace = item_ref(parent, TRACE);
-        out->parent_id = item_ref(parent, ID);
-        out->sampled = item_ref(parent, SAMPLED);
-        out->link = Py_NewRef(Py_None);
-        out->remote = parent_remote != NULL ? remote_below(parent_remote) : NULL;
-        return out->trace && out->parent_id && out->sampled && out->remote ? 0 : -1;
-    }
-    /* A root, or a child of a long-lived span (a server loop, a worker): its own trace,
-     * linked to where it came from, so no trace grows without end. */
-    out->trace = Py_NewRef(span_id); /* the root's own id: one int for both */
-    out->parent_id = PyLong_FromLong(0);
-    if (parent != Py_None) {
-        PyObject *parent_trace = PyList_GetItem(parent, TRACE);
-        PyObject *parent_span = PyList_GetItem(parent, ID);
-        out->link = parent_trace && parent_span ? PyTuple_Pack(2, parent_trace, parent_span)
-                                                : NULL;
-    }
-    else {
-        out->link = Py_NewRef(Py_None);
-    }
-    if (!out->trace || !out->parent_id || !out->link) {
-        return -1;
-    }
-    PyObject *app = parent == Py_None ? app_otel_parent(h) : Py_NewRef(Py_None);
+    PyObject *app = app_otel_parent(h);
     if (app == NULL) {
         return -1;
     }
-    if (app != Py_None) { /* the app's own OpenTelemetry span: join its trace */
-        PyObject *app_trace = PySequence_GetItem(app, 0);
-        PyObject *app_span = PySequence_GetItem(app, 1);
-        out->remote = app_trace && app_span ? PyTuple_Pack(2, app_trace, app_span) : NULL;
-        Py_XDECREF(app_trace);
-        Py_XDECREF(app_span);
-        if (h->parent_based) {
-            out->sampled = PySequence_GetItem(app, 2);
-        }
-        Py_DECREF(app);
-        if (out->remote == NULL || (h->parent_based && out->sampled == NULL)) {
-            return -1;
-        }
+    if (app == Py_None) {
+        out->remote = app;
+        return 0;
     }
-    else {
-        Py_DECREF(app);
+    PyObject *app_trace = PySequence_GetItem(app, 0);
+    PyObject *app_span = PySequence_GetItem(app, 1);
+    PyObject *app_sampled = h->parent_based ? PySequence_GetItem(app, 2) : NULL;
+    out->remote = app_trace && app_span ? PyTuple_Pack(2, app_trace, app_span) : NULL;
+    if (app_sampled != NULL) {
+        out->sampled = PyObject_IsTrue(app_sampled);
+    }
+    Py_XDECREF(app_trace);
+    Py_XDECREF(app_span);
+    Py_XDECREF(app_sampled);
+    Py_DECREF(app);
+    return out->remote == NULL || (h->parent_based && out->sampled < 0) ? -1 : 0;
+}
+
+/* The trace part of Tracker._open; `parent` may be NULL. */
+static int
+lineage(Hooks *h, Span *parent, int64_t span_id, int64_t code_id, int code_flags, int64_t t,
+        Lineage *out)
+{
+    out->sampled = -1;
+    if (parent != NULL && t - parent->f[START].i <= h->split_ns) {
+        out->trace = parent->f[TRACE].i;
+        out->parent_id = parent->f[ID].i;
+        out->sampled = (int)parent->f[SAMPLED].i;
+        out->link = Py_NewRef(Py_None);
+        out->remote = remote_below(parent->f[REMOTE].o);
+        return out->remote != NULL ? 0 : -1;
+    }
+    /* A root, or a child of a long-lived span (a server loop, a worker): its own trace,
+     * linked to where it came from, so no trace grows without end. */
+    out->trace = span_id;
+    out->parent_id = 0;
+    out->link = parent != NULL ? int_pair(parent->f[TRACE].i, parent->f[ID].i)
+                               : Py_NewRef(Py_None);
+    if (out->link == NULL) {
+        return -1;
+    }
+    if (parent != NULL) {
         out->remote = Py_NewRef(Py_None);
     }
-    if (out->sampled == NULL) {
-        int decided = sample(h, code_id, code_flags);
-        if (decided < 0) {
-            return -1;
-        }
-        out->sampled = Py_NewRef(decided ? Py_True : Py_False);
+    else if (app_lineage(h, out) < 0) {
+        return -1;
     }
-    return 0;
+    if (out->sampled < 0) {
+        out->sampled = sample(h, code_id, code_flags);
+    }
+    return out->sampled < 0 ? -1 : 0;
 }
 
 /* The task part of Tracker._open for a span that is not its parent's child in the same
  * task: its task id, thread, and (for a task's first span) the task root flag. */
 static int
-task_of(Hooks *h, PyObject *info, PyObject **task_id, PyObject **thread, int64_t *flags)
+task_of(Hooks *h, PyObject *info, int64_t *task_id, int64_t *thread, int64_t *flags)
 {
     unsigned long ident = PyThread_get_thread_ident();
-    if (h->thread_obj == NULL || h->thread_ident != ident) { /* one int per thread, not task */
+    if (!h->have_thread || h->thread_ident != ident) { /* gettid() is a system call */
         h->thread_native = PyThread_get_thread_native_id();
-        PyObject *made = PyLong_FromUnsignedLong(h->thread_native);
-        if (made == NULL) {
-            return -1;
-        }
-        Py_XDECREF(h->thread_obj);
-        h->thread_obj = made;
         h->thread_ident = ident;
+        h->have_thread = 1;
     }
-    unsigned long native = h->thread_native;
-    *thread = Py_NewRef(h->thread_obj);
+    *thread = (int64_t)h->thread_native;
+    *task_id = 0;
     if (info == Py_None) {
-        *task_id = PyLong_FromLong(0);
-        return *task_id != NULL ? 0 : -1;
+        return 0;
     }
     *flags |= FLAG_TASK_ROOT;
     if ((PyObject *)Py_TYPE(info) == h->info_type) {
-        ((TaskInfo *)info)->thread = (int64_t)native;
-        *task_id = PyLong_FromLong(((TaskInfo *)info)->id);
-        return *task_id != NULL ? 0 : -1;
+        ((TaskInfo *)info)->thread = *thread;
+        *task_id = ((TaskInfo *)info)->id;
+        return 0;
     }
-    *task_id = PyObject_GetAttr(info, NAME(h, id));
-    return *task_id == NULL || PyObject_SetAttr(info, NAME(h, thread), *thread) < 0 ? -1 : 0;
+    if (int_attr(info, NAME(h, id), task_id) < 0) {
+        return -1;
+    }
+    PyObject *thread_obj = PyLong_FromLongLong(*thread);
+    int failed = thread_obj == NULL || PyObject_SetAttr(info, NAME(h, thread), thread_obj) < 0;
+    Py_XDECREF(thread_obj);
+    return failed ? -1 : 0;
 }
 
 /* Tracker._open (where=None) for what the fast path does not take: a root, a task's first
@@ -311,90 +256,75 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if (PyDict_Size(h->open) >= h->max_open) {
         return drop(h, h->s_open_limit) < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *parent, *info;
+    PyObject *found, *info;
     int same_task;
-    if (find_parent(h, frame, back, &parent, &info, &same_task) < 0) {
+    if (find_parent(h, frame, back, &found, &info, &same_task) < 0) {
         return NULL;
     }
-    int64_t flags = 0;
-    Lineage from = {NULL, NULL, NULL, NULL, NULL};
-    PyObject *task_id = NULL, *thread = NULL, *span = NULL, *t_obj = NULL;
-    PyObject *span_id = PyLong_FromLong(h->next_span_id++);
-    if (span_id == NULL || lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
+    /* Not one of ours (a creator kept by an agent we took over from): no parent. */
+    Span *parent = found != Py_None && is_span(h, found) ? SPAN(found) : NULL;
+    same_task = same_task && parent != NULL;
+    int64_t flags = 0, span_id = h->next_span_id++, task_id, thread;
+    Lineage from = {0, 0, -1, NULL, NULL};
+    PyObject *made = NULL;
+    if (lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
         goto done;
     }
     if (same_task) {
-        task_id = item_ref(parent, TASK);
-        thread = item_ref(parent, THREAD);
-        if (task_id == NULL || thread == NULL) {
-            goto done;
-        }
+        task_id = parent->f[TASK].i;
+        thread = parent->f[THREAD].i;
     }
     else if (task_of(h, info, &task_id, &thread, &flags) < 0) {
         goto done;
     }
-    int sampled = PyObject_IsTrue(from.sampled);
-    t_obj = PyLong_FromLong(t);
-    if (sampled < 0 || t_obj == NULL) {
+    made = span_new(h);
+    if (made == NULL) {
         goto done;
     }
-    span = blank_span(h);
-    if (span == NULL) {
+    Span *span = SPAN(made);
+    span->f[ID].i = span_id;
+    span->f[PARENT_ID].i = from.parent_id;
+    span->f[TRACE].i = from.trace;
+    span->f[TASK].i = task_id;
+    span->f[CODE].i = code_id;
+    span->f[THREAD].i = thread;
+    span->f[START].i = span->f[RESUMED].i = t;
+    span->f[FLAGS].i = flags;
+    span->f[SAMPLED].i = from.sampled;
+    span_set(span, LINK, from.link);
+    span_set(span, REMOTE, from.remote);
+    from.link = from.remote = NULL;
+    span_set(span, same_task ? PARENT : TASK_INFO, Py_NewRef(same_task ? found : info));
+    if ((from.sampled && first_poll(span, t) < 0)
+        || (from.sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0)
+        || PyDict_SetItem(h->open, frame, made) < 0) {
+        Py_CLEAR(made);
         goto done;
     }
-    if (put_ref(span, ID, span_id) < 0 || put_ref(span, PARENT_ID, from.parent_id) < 0
-        || put_ref(span, TRACE, from.trace) < 0 || put_ref(span, TASK, task_id) < 0
-        || put_int(span, CODE, code_id) < 0 || put_ref(span, THREAD, thread) < 0
-        || put_ref(span, START, t_obj) < 0 || put_ref(span, RESUMED, t_obj) < 0
-        || (sampled && put(span, EVENTS, first_events(t_obj)) < 0)
-        || put_ref(span, LINK, from.link) < 0 || put_ref(span, REMOTE, from.remote) < 0
-        || put_int(span, FLAGS, flags) < 0 || put_ref(span, SAMPLED, from.sampled) < 0
-        || (same_task ? put_ref(span, PARENT, parent) : put_ref(span, TASK_INFO, info)) < 0) {
-        goto fail;
-    }
-    if (sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0) {
-        goto fail;
-    }
-    if (same_task && put_ref(parent, CHILD, span) < 0) {
-        goto fail;
-    }
-    if (PyDict_SetItem(h->open, frame, span) < 0) {
-        goto fail;
+    if (same_task) {
+        span_set(parent, CHILD, Py_NewRef(made));
     }
     h->running++;
     if (!same_task && info != Py_None) { /* found again in `open` by task_counts */
         h->meters.tasks_created++;
     }
-    goto done;
-fail:
-    Py_CLEAR(span);
 done:
-    Py_DECREF(parent);
+    Py_DECREF(found);
     Py_DECREF(info);
-    lineage_clear(&from);
-    Py_XDECREF(span_id);
-    Py_XDECREF(task_id);
-    Py_XDECREF(thread);
-    Py_XDECREF(t_obj);
-    return span;
+    Py_XDECREF(from.link);
+    Py_XDECREF(from.remote);
+    return made;
 }
 
 /* Meters.span_finished, into the C deltas (`busy` as finished). */
 static int
-meter_span(Hooks *h, PyObject *span, int state, int64_t end, int outermost, int64_t busy)
+meter_span(Hooks *h, Span *span, int state, int64_t end, int outermost, int64_t busy)
 {
-    int64_t flags, start, code_id;
-    if (get_int(span, FLAGS, &flags) < 0) {
-        return -1;
-    }
-    if (flags & FLAG_START_UNKNOWN) { /* adopted: its start, so its duration, is unknown */
+    if (span->f[FLAGS].i & FLAG_START_UNKNOWN) { /* adopted: its duration is unknown */
         return 0;
     }
-    if (get_int(span, START, &start) < 0 || get_int(span, CODE, &code_id) < 0) {
-        return -1;
-    }
-    int64_t duration = end - start;
-    Histogram *histogram = meter_histogram(&h->meters, code_id * 8 + state);
+    int64_t duration = end - span->f[START].i;
+    Histogram *histogram = meter_histogram(&h->meters, span->f[CODE].i * 8 + state);
     if (histogram == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -403,11 +333,7 @@ meter_span(Hooks *h, PyObject *span, int state, int64_t end, int outermost, int6
     histogram->sum += duration;
     histogram->buckets[meter_bucket(&h->meters, duration)]++;
     if (outermost) { /* inner spans' polls and busy time are already in their outermost's */
-        int64_t polls;
-        if (get_int(span, POLLS, &polls) < 0) {
-            return -1;
-        }
-        h->meters.polls += polls;
+        h->meters.polls += span->f[POLLS].i;
         h->meters.busy_ns += busy;
     }
     return 0;
@@ -415,27 +341,29 @@ meter_span(Hooks *h, PyObject *span, int state, int64_t end, int outermost, int6
 
 /* The sampled tail of Tracker._finish: outcome event, error, task name, buffer. */
 static int
-finish_sampled(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc)
+finish_sampled(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
 {
-    PyObject *events = PyList_GetItem(span, EVENTS);
-    if (events == NULL || append_event(events, STATE_EVENTS[state], t, Py_None) < 0) {
+    if (span_event(span, STATE_EVENTS[state], t, Py_None) < 0) {
         return -1; /* the outcome, even past the cap */
     }
-    if (exc != NULL && put(span, ERROR, call_method(h, NAME(h, _describe_error), exc, NULL)) < 0) {
-        return -1;
-    }
-    PyObject *info = PyList_GetItem(span, TASK_INFO);
-    if (info == NULL) {
-        return -1;
-    }
-    if (info != Py_None) {
-        Py_INCREF(info);
-        int failed = put(span, TASK_NAME, info_name(h, info)) < 0
-                     || put(span, PARENT_TASK, info_creator_task(h, info)) < 0;
-        Py_DECREF(info);
-        if (failed) {
+    if (exc != NULL) {
+        PyObject *error = call_method(h, NAME(h, _describe_error), exc, NULL);
+        if (error == NULL) {
             return -1;
         }
+        span_set(span, ERROR, error);
+    }
+    PyObject *info = span->f[TASK_INFO].o;
+    if (info != Py_None) {
+        Py_INCREF(info);
+        PyObject *name = info_name(h, info);
+        int failed = name == NULL || info_creator_task(h, info, &span->f[PARENT_TASK].i) < 0;
+        Py_DECREF(info);
+        if (failed) {
+            Py_XDECREF(name);
+            return -1;
+        }
+        span_set(span, TASK_NAME, name);
     }
     Py_ssize_t buffered = PyObject_Size(h->finished);
     if (buffered < 0) {
@@ -444,94 +372,67 @@ finish_sampled(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc)
     if (buffered >= h->max_buffer) {
         return drop(h, h->s_buffer_full);
     }
-    PyObject *result = call_one(h->finished_append, span);
+    PyObject *result = call_one(h->finished_append, (PyObject *)span);
     Py_XDECREF(result);
     return result == NULL ? -1 : 0;
 }
 
-/* Tracker._finish. `span` is borrowed (the caller holds it); `exc` may be NULL.
- *
- * An unsampled span is dropped once counted, and nothing reads the end, state or busy
- * time of a finished span but the meters (in_flight only sees open spans; a task's creator
- * span is read for its trace, task and start): those fields are written for sampled
- * spans only, which saves a third of the work on the common path. */
+/* Tracker._finish. `span` is borrowed (the caller holds it); `exc` may be NULL. An
+ * unsampled span is dropped once counted. */
 AI_INTERNAL int
-finish(Hooks *h, PyObject *span, int state, int64_t t, PyObject *exc)
+finish(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
 {
-    int64_t resumed, busy;
-    PyObject *parent = PyList_GetItem(span, PARENT);
-    int sampled = is_true(span, SAMPLED);
-    if (parent == NULL || sampled < 0 || get_int(span, RESUMED, &resumed) < 0) {
-        return -1;
-    }
+    int64_t resumed = span->f[RESUMED].i, busy = span->f[BUSY].i;
+    PyObject *parent = span->f[PARENT].o;
     h->running -= resumed != 0; /* out of `open` (the caller took it) */
-    if (get_int(span, BUSY, &busy) < 0) {
-        return -1;
-    }
     if (resumed) {
         busy += t - resumed;
         if (parent == Py_None) { /* a task's last step, ended by return or raise */
             meter_step(&h->meters, t - resumed);
         }
     }
-    if (sampled
-        && (put_int(span, END, t) < 0 || put_int(span, STATE, state) < 0
-            || (resumed && (put_int(span, BUSY, busy) < 0 || put_int(span, RESUMED, 0) < 0)))) {
-        return -1;
-    }
-    if (parent != Py_None) {
-        PyObject *child = PyList_GetItem(parent, CHILD);
-        if (child == NULL || (child == span && put_ref(parent, CHILD, Py_None) < 0)) {
-            return -1;
-        }
+    span->f[END].i = t;
+    span->f[STATE].i = state;
+    span->f[BUSY].i = busy;
+    span->f[RESUMED].i = 0;
+    if (parent != Py_None && is_span(h, parent)
+        && SPAN(parent)->f[CHILD].o == (PyObject *)span) {
+        span_set(SPAN(parent), CHILD, Py_NewRef(Py_None));
     }
     if (meter_span(h, span, state, t, parent == Py_None, busy) < 0) {
         return -1;
     }
-    PyObject *info = PyList_GetItem(span, TASK_INFO);
-    if (info == NULL) {
-        return -1;
-    }
-    if (info != Py_None) { /* a task's first span: the task is done */
+    if (span->f[TASK_INFO].o != Py_None) { /* a task's first span: the task is done */
         h->meters.tasks_finished[state]++;
     }
-    return sampled ? finish_sampled(h, span, state, t, exc) : 0;
+    return span->f[SAMPLED].i ? finish_sampled(h, span, state, t, exc) : 0;
 }
 
 /* Tracker._record_poll: the innermost span was resumed; `detail` is borrowed. */
 AI_INTERNAL int
-record_poll(Hooks *h, PyObject *span, int64_t t, PyObject *detail)
+record_poll(Hooks *h, Span *span, int64_t t, PyObject *detail)
 {
-    PyObject *events = PyList_GetItem(span, EVENTS);
-    int64_t blocked_at;
-    if (events == NULL || get_int(span, BLOCKED_AT, &blocked_at) < 0) {
-        return -1;
-    }
-    Py_ssize_t length = PyList_Size(events);
-    if (length < 0) {
-        return -1;
-    }
-    int64_t room = h->max_event_items - length;
+    int64_t room = h->max_event_items - EVENT_ITEMS(span);
     int64_t woke = wake_get(&h->wakes, PyThread_get_thread_ident());
-    if (woke > blocked_at) {
+    if (woke > span->f[BLOCKED_AT].i) {
         if (room >= 6) {
-            return append_event(events, EVENT_WAKE, woke, Py_None) < 0
-                           || append_event(events, EVENT_POLL, t, detail) < 0
+            return span_event(span, EVENT_WAKE, woke, Py_None) < 0
+                           || span_event(span, EVENT_POLL, t, detail) < 0
                        ? -1
                        : 0;
         }
         if (room >= 3) {
-            return append_event(events, EVENT_WAKE, woke, Py_None) < 0
-                           || add_int(span, EVENTS_DROPPED, 1) < 0
-                       ? -1
-                       : 0;
+            span->f[EVENTS_DROPPED].i++;
+            return span_event(span, EVENT_WAKE, woke, Py_None);
         }
-        return add_int(span, EVENTS_DROPPED, 2);
+        span->f[EVENTS_DROPPED].i += 2;
+        return 0;
     }
     if (room >= 3) {
-        return append_event(events, EVENT_POLL, t, detail);
+        return span_event(span, EVENT_POLL, t, detail);
     }
-    return add_int(span, EVENTS_DROPPED, 1);
+    span->f[EVENTS_DROPPED].i++;
+    return 0;
 }
 
 /* _describe_awaited: what a suspended coroutine waits for, as short as possible. */

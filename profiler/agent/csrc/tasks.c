@@ -12,13 +12,10 @@
 
 /* -- TaskInfo ------------------------------------------------------------------------------ */
 
+/* A TaskInfo; `creator_task` is the task of `creator` (a span, or None: 0). */
 static PyObject *
-new_task_info(PyTypeObject *type, int64_t task_id, PyObject *creator)
+new_task_info(PyTypeObject *type, int64_t task_id, PyObject *creator, int64_t creator_task)
 {
-    int64_t creator_task = 0;
-    if (creator != Py_None && get_int(creator, TASK, &creator_task) < 0) {
-        return NULL;
-    }
     TaskInfo *info = (TaskInfo *)PyType_GenericAlloc(type, 0);
     if (info == NULL) {
         return NULL;
@@ -94,7 +91,16 @@ TaskInfo_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &creator)) {
         return NULL;
     }
-    return new_task_info(type, task_id, creator);
+    int64_t creator_task = 0;
+    if (creator != Py_None) { /* a span: a Span, or a list from the pure-Python tracker */
+        PyObject *task = PySequence_GetItem(creator, TASK);
+        creator_task = task != NULL ? PyLong_AsLongLong(task) : -1;
+        Py_XDECREF(task);
+        if (creator_task == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return new_task_info(type, task_id, creator, creator_task);
 }
 
 static inline int
@@ -215,13 +221,14 @@ info_name(Hooks *h, PyObject *info)
     return call_method_of(info, NAME(h, name), NULL, NULL);
 }
 
-AI_INTERNAL PyObject *
-info_creator_task(Hooks *h, PyObject *info)
+AI_INTERNAL int
+info_creator_task(Hooks *h, PyObject *info, int64_t *out)
 {
     if (is_task_info(h, info)) {
-        return PyLong_FromLong(((TaskInfo *)info)->creator_task);
+        *out = ((TaskInfo *)info)->creator_task;
+        return 0;
     }
-    return PyObject_GetAttr(info, NAME(h, creator_task));
+    return int_attr(info, NAME(h, creator_task), out);
 }
 
 static PyObject *
@@ -310,7 +317,9 @@ task_created(Hooks *h, PyObject *coro, PyObject *frame)
     if (creator == NULL) {
         return NULL;
     }
-    PyObject *info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, creator);
+    int64_t creator_task = is_span(h, creator) ? SPAN(creator)->f[TASK].i : 0;
+    PyObject *info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, creator,
+                                   creator_task);
     Py_DECREF(creator);
     if (info == NULL) {
         return NULL;
@@ -436,7 +445,7 @@ info_for(Hooks *h, PyObject *task)
         Py_DECREF(key);
         return NULL;
     }
-    info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, Py_None);
+    info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, Py_None, 0);
     if (info == NULL) {
         Py_DECREF(key);
         return NULL;
@@ -642,15 +651,10 @@ task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest)
     PyObject *frame, *span;
     *live = *running = *oldest = 0;
     while (PyDict_Next(h->open, &pos, &frame, &span)) {
-        if (!PyList_Check(span) || PyList_Size(span) != SPAN_LEN
-            || PyList_GetItem(span, TASK_INFO) == Py_None) {
-            continue; /* not a task's first span (or broken: counted by its callbacks) */
+        if (!is_span(h, span) || SPAN(span)->f[TASK_INFO].o == Py_None) {
+            continue; /* not a task's first span */
         }
-        int64_t resumed;
-        if (get_int(span, RESUMED, &resumed) < 0) {
-            PyErr_Clear();
-            continue;
-        }
+        int64_t resumed = SPAN(span)->f[RESUMED].i;
         ++*live;
         if (resumed) {
             ++*running;

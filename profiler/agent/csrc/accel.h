@@ -187,18 +187,25 @@ typedef union {
 } Field;
 
 typedef struct {
-    PyObject_HEAD
+    PyObject_VAR_HEAD  /* ob_size: the events `room` holds */
     Field f[SPAN_LEN]; /* f[EVENTS] unused; f[SAMPLED].i is 0 or 1 */
-    Event *events;     /* EVENTS, when `has_events` (sampled spans), else None */
+    Event *events;     /* EVENTS, when `has_events` (else None): `room`, or a heap array */
     int32_t nevents, capacity;
     int has_events;
+    Event room[]; /* a sampled span's first events, in the span's own allocation */
 } Span;
+
+/* What each position holds (span.c), for the code that walks all of them. */
+enum { KIND_INT, KIND_OBJECT, KIND_BOOL, KIND_EVENTS };
+AI_INTERNAL extern const unsigned char FIELD_KINDS[SPAN_LEN];
 
 #define SPAN(o) ((Span *)(o))
 #define EVENT_ITEMS(s) (3 * (int64_t)(s)->nevents) /* its length as a flat list */
+/* Room for a sampled span's events: `poll`, `blocked`, a second poll and the outcome. */
+#define EVENT_ROOM 4
 
 AI_INTERNAL extern PyType_Spec Span_spec;
-AI_INTERNAL PyObject *span_new(Hooks *h);
+AI_INTERNAL PyObject *span_new(Hooks *h, int sampled);
 AI_INTERNAL int span_event(Span *span, int kind, int64_t when, PyObject *detail);
 AI_INTERNAL void span_set(Span *span, int field, PyObject *value);
 

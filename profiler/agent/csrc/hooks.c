@@ -206,9 +206,9 @@ Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_INCREF(span);
-    resumed(h, SPAN(span), NULL);
+    int failed = resumed(h, SPAN(span), NULL) < 0;
     Py_DECREF(span);
-    return done(h);
+    return failed ? fault(h) : Py_NewRef(Py_None);
 }
 
 /* PY_THROW(code, offset, exception): global, so it comes for every frame; never DISABLE. */
@@ -282,9 +282,9 @@ Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     if (span == NULL) {
         return done(h);
     }
-    finish(h, SPAN(span), STATE_COMPLETED, now_ns(), NULL);
+    int failed = finish(h, SPAN(span), STATE_COMPLETED, now_ns(), NULL) < 0;
     Py_DECREF(span);
-    return done(h);
+    return failed ? fault(h) : Py_NewRef(Py_None);
 }
 
 /* PY_UNWIND(code, offset, exception): failed, or cancelled. Global: never DISABLE. */

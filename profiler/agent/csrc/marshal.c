@@ -259,14 +259,6 @@ m_put_value(Out *out, PyObject *value, int depth)
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "floats are copied as marshal writes");
 
-/* The kind of value each wire position of a Span holds (span.c's FIELD_KINDS). */
-static int
-is_object_field(int field)
-{
-    return field == ERROR || field == TASK_NAME || field == LINK || field == REMOTE
-           || field == ATTRS;
-}
-
 /* The events as a flat tuple: kind, when, detail, ... */
 static int
 m_put_events(Out *out, Span *span)
@@ -292,7 +284,7 @@ m_put_record(Out *out, Span *span)
     }
     for (int field = 0; field < WIRE_FIELDS; field++) {
         int written = field == EVENTS              ? m_put_events(out, span)
-                      : is_object_field(field) ? m_put_value(out, span->f[field].o, 1)
+                      : FIELD_KINDS[field] == KIND_OBJECT ? m_put_value(out, span->f[field].o, 1)
                                                : m_put_i64(out, span->f[field].i);
         if (written != 0) {
             return written;

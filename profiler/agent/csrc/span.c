@@ -1,12 +1,12 @@
 /* The Span object (accel.h): a span's fields in C, and the list protocol Python uses on
  * it (adoption, in_flight, the tests, to_wire when marshal.c leaves a span to Python).
  */
+#include <string.h>
+
 #include "accel.h"
 
-enum { KIND_INT, KIND_OBJECT, KIND_BOOL, KIND_EVENTS };
-
 /* What each spans.py position holds. */
-static const unsigned char FIELD_KINDS[SPAN_LEN] = {
+AI_INTERNAL const unsigned char FIELD_KINDS[SPAN_LEN] = {
     [ID] = KIND_INT, [PARENT_ID] = KIND_INT, [TRACE] = KIND_INT, [TASK] = KIND_INT,
     [CODE] = KIND_INT, [THREAD] = KIND_INT, [START] = KIND_INT, [END] = KIND_INT,
     [STATE] = KIND_INT, [POLLS] = KIND_INT, [BUSY] = KIND_INT, [EVENTS] = KIND_EVENTS,
@@ -17,28 +17,39 @@ static const unsigned char FIELD_KINDS[SPAN_LEN] = {
     [BLOCKED_AT] = KIND_INT,
 };
 
-/* spans.new_span's constants: a running span with one poll, its object fields None. */
-static void
-span_init(Span *span)
+/* The object positions, for freeing. */
+static const int OBJECT_FIELDS[] = {ERROR, TASK_NAME, LINK, REMOTE, ATTRS, PARENT, CHILD,
+                                    TASK_INFO};
+#define OBJECT_COUNT ((int)(sizeof(OBJECT_FIELDS) / sizeof(OBJECT_FIELDS[0])))
+
+/* A span as spans.new_span makes it before its own fields are stored: a running span with
+ * one poll, its ints 0 and its objects None; room for `room` events in the allocation. */
+static PyObject *
+alloc_span(PyTypeObject *type, int room)
 {
-    for (int i = 0; i < SPAN_LEN; i++) {
-        if (FIELD_KINDS[i] == KIND_OBJECT) {
-            span->f[i].o = Py_NewRef(Py_None);
-        }
+    Span *span = PyObject_Malloc(sizeof(Span) + (size_t)room * sizeof(Event));
+    if (span == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject_InitVar((PyVarObject *)span, type, room); /* a reference to the type too */
+    memset(span->f, 0, sizeof(span->f));
+    for (int i = 0; i < OBJECT_COUNT; i++) {
+        span->f[OBJECT_FIELDS[i]].o = Py_NewRef(Py_None);
     }
     span->f[STATE].i = STATE_RUNNING;
     span->f[POLLS].i = 1;
+    span->events = span->room;
+    span->nevents = 0;
+    span->capacity = room;
+    span->has_events = 0;
+    return (PyObject *)span;
 }
 
-/* A new span (fields as span_init), or NULL. */
+/* A new span (as alloc_span), or NULL; a sampled one with room for its first events. */
 AI_INTERNAL PyObject *
-span_new(Hooks *h)
+span_new(Hooks *h, int sampled)
 {
-    PyObject *span = h->span_alloc((PyTypeObject *)h->span_type, 0); /* zeroed */
-    if (span != NULL) {
-        span_init(SPAN(span));
-    }
-    return span;
+    return alloc_span((PyTypeObject *)h->span_type, sampled ? EVENT_ROOM : 0);
 }
 
 /* span.f[field] = value, an object field; `value` is a new reference, consumed. */
@@ -56,22 +67,29 @@ events_clear(Span *span)
     for (int32_t i = 0; i < span->nevents; i++) {
         Py_DECREF(span->events[i].detail);
     }
-    PyMem_Free(span->events);
-    span->events = NULL;
-    span->nevents = span->capacity = 0;
+    if (span->events != span->room) {
+        PyMem_Free(span->events);
+    }
+    span->events = span->room;
+    span->nevents = 0;
+    span->capacity = (int32_t)Py_SIZE((PyObject *)span);
 }
 
-/* Append an event (`detail` borrowed). A sampled span has `poll`, `blocked` and an outcome
- * at least: room for four from the start. */
+/* Append an event (`detail` borrowed); past the span's room, to an array of its own. */
 AI_INTERNAL int
 span_event(Span *span, int kind, int64_t when, PyObject *detail)
 {
     if (span->nevents == span->capacity) {
-        int32_t capacity = span->capacity ? span->capacity * 2 : 4;
-        Event *grown = PyMem_Realloc(span->events, (size_t)capacity * sizeof(Event));
+        int32_t capacity = span->capacity ? span->capacity * 2 : EVENT_ROOM;
+        int in_room = span->events == span->room;
+        Event *grown = PyMem_Realloc(in_room ? NULL : span->events,
+                                     (size_t)capacity * sizeof(Event));
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
+        }
+        if (in_room && span->nevents) {
+            memcpy(grown, span->room, (size_t)span->nevents * sizeof(Event));
         }
         span->events = grown;
         span->capacity = capacity;
@@ -120,29 +138,27 @@ set_events(Span *span, PyObject *value)
         return -1;
     }
     Py_ssize_t size = PyTuple_Size(items);
-    if (size % 3 != 0 || size / 3 > INT32_MAX) {
-        Py_DECREF(items);
+    int failed = size % 3 != 0 || size / 3 > INT32_MAX;
+    if (failed) {
         PyErr_SetString(PyExc_ValueError, "events: (kind, when, detail) triples");
-        return -1;
     }
-    Span fresh = {.has_events = 1};
-    for (Py_ssize_t i = 0; i < size; i += 3) {
+    for (Py_ssize_t i = 0; !failed && i < size; i += 3) { /* checked before anything changes */
         long kind = PyLong_AsLong(PyTuple_GetItem(items, i));
         long long when = PyLong_AsLongLong(PyTuple_GetItem(items, i + 1));
-        if (((kind == -1 || when == -1) && PyErr_Occurred())
-            || span_event(&fresh, (int)kind, when, PyTuple_GetItem(items, i + 2)) < 0) {
-            events_clear(&fresh);
-            Py_DECREF(items);
-            return -1;
-        }
+        failed = (kind == -1 || when == -1) && PyErr_Occurred();
+    }
+    if (!failed) {
+        events_clear(span);
+        span->has_events = 1;
+    }
+    for (Py_ssize_t i = 0; !failed && i < size; i += 3) {
+        failed = span_event(span, (int)PyLong_AsLong(PyTuple_GetItem(items, i)),
+                            PyLong_AsLongLong(PyTuple_GetItem(items, i + 1)),
+                            PyTuple_GetItem(items, i + 2))
+                 < 0;
     }
     Py_DECREF(items);
-    events_clear(span);
-    span->events = fresh.events;
-    span->nevents = fresh.nevents;
-    span->capacity = fresh.capacity;
-    span->has_events = 1;
-    return 0;
+    return failed ? -1 : 0;
 }
 
 static PyObject *
@@ -270,11 +286,7 @@ Span_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         Py_DECREF(items);
         return PyErr_Format(PyExc_ValueError, "a span has %d fields", SPAN_LEN);
     }
-    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
-    PyObject *span = alloc(type, 0);
-    if (span != NULL) {
-        span_init(SPAN(span));
-    }
+    PyObject *span = alloc_span(type, 0);
     for (Py_ssize_t i = 0; span != NULL && i < SPAN_LEN; i++) {
         if (set_field(SPAN(span), i, PyTuple_GetItem(items, i)) < 0) {
             Py_CLEAR(span);
@@ -299,10 +311,8 @@ static void
 span_free(Span *span)
 {
     PyTypeObject *type = Py_TYPE((PyObject *)span);
-    for (int i = 0; i < SPAN_LEN; i++) {
-        if (FIELD_KINDS[i] == KIND_OBJECT) {
-            Py_CLEAR(span->f[i].o);
-        }
+    for (int i = 0; i < OBJECT_COUNT; i++) {
+        Py_DECREF(span->f[OBJECT_FIELDS[i]].o);
     }
     events_clear(span);
     PyObject_Free(span);
@@ -349,6 +359,7 @@ static PyType_Slot Span_slots[] = {
 AI_INTERNAL PyType_Spec Span_spec = {
     .name = "_accel.Span",
     .basicsize = sizeof(Span),
+    .itemsize = sizeof(Event),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Span_slots,
 };

@@ -63,7 +63,7 @@ open_child(Hooks *h, PyObject *frame, Span *parent, int64_t code_id, int code_fl
 {
     int sampled = (int)parent->f[SAMPLED].i;
     PyObject *remote = remote_below(parent->f[REMOTE].o);
-    PyObject *made = remote != NULL ? span_new(h) : NULL;
+    PyObject *made = remote != NULL ? span_new(h, sampled) : NULL;
     if (made == NULL) {
         Py_XDECREF(remote);
         return -1;
@@ -277,7 +277,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     else if (task_of(h, info, &task_id, &thread, &flags) < 0) {
         goto done;
     }
-    made = span_new(h);
+    made = span_new(h, from.sampled);
     if (made == NULL) {
         goto done;
     }

@@ -24,7 +24,7 @@ import sys
 import sysconfig
 from collections.abc import Callable
 from random import random
-from types import CodeType, FrameType, ModuleType
+from types import CodeType, CoroutineType, FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
@@ -118,6 +118,7 @@ class AcceleratedTracker(Tracker):
             "disable": sys.monitoring.DISABLE,
             "task_type": asyncio.Task,
             "cancelled": (asyncio.CancelledError, GeneratorExit),
+            "coroutine_type": CoroutineType,
             "loop_runner": _LOOP_RUNNER,
             "get_running_loop": asyncio.events._get_running_loop,
             "current_task": asyncio.current_task,

@@ -117,7 +117,7 @@ class Tracker:
         self.new_codes: deque[tuple[int, str, str, int, str]] = deque()
         self._code_table: list[tuple[int, str, str, int, str]] = []
         self.finished: deque[S.Span] = deque()
-        self.dropped: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}  # by reason; the compiled callbacks count here too
         self.internal_errors = 0
         self.last_error = ""
         self.tasks_seen = 0

@@ -106,7 +106,21 @@ async def workload(gate: asyncio.Event) -> None:
     for n in range(8):  # roots of their own: sampled or not by the ratio
         asyncio.get_running_loop().call_soon(asyncio.ensure_future, middle(n))
     await asyncio.sleep(0.01)
+    await library_tasks()
     await unseen_tasks()
+
+
+async def library_tasks() -> None:
+    # Tasks whose own coroutine is the standard library's: one that stays pending all along
+    # (no walk needed for the spans below, however long it waits), and one in which that
+    # coroutine awaits ours, whose span is then the task's first, the creator's child.
+    idle = asyncio.create_task(asyncio.sleep(100))
+    await asyncio.sleep(0)
+    await asyncio.create_task(asyncio.wait_for(middle(40), timeout=100))
+    await asyncio.gather(*(direct_task(middle(41 + n), eager=False) for n in range(2)))
+    idle.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await idle
 
 
 def direct_task(coro: Any, eager: bool) -> asyncio.Task[Any]:

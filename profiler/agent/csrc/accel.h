@@ -47,6 +47,8 @@ enum { FLAG_TASK_ROOT = 1, FLAG_START_UNKNOWN = 2 };
 /* Frames an await chain passes through: coroutines, generators, async generators. */
 #define CHAIN_FLAGS (0x0020 | 0x0080 | 0x0100 | 0x0200)
 #define FACTORY_CHECK_EVERY 256
+/* Tasks in task_frames pending_task_runs asks whether they run; past that, on_start walks. */
+#define MAX_PENDING_ASKED 8
 /* Code objects whose co_flags a parent walk remembers (each kept alive meanwhile). */
 #define MAX_WALKED_CODES 4096
 
@@ -54,8 +56,9 @@ enum { FLAG_TASK_ROOT = 1, FLAG_START_UNKNOWN = 2 };
 #define AI_NAMES(X)                                                                       \
     X(f_back) X(co_flags) X(cr_frame) X(get_coro) X(get_name) X(on_new_loop)              \
     X(_consider_at_start) X(_adopt) X(_capture) X(_sample) X(_describe_error) X(fault)     \
-    X(_drop) X(open) X(_task_frames) X(_task_infos)                                       \
-    X(finished) X(append) X(creator) X(id) X(ref) X(thread) X(name) X(creator_task)
+    X(dropped) X(open) X(_task_frames) X(_task_infos)                                       \
+    X(finished) X(append) X(creator) X(id) X(ref) X(thread) X(name) X(creator_task)            \
+    X(cr_running)
 #define AI_NAME_ENUM(n) N_##n,
 enum { AI_NAMES(AI_NAME_ENUM) N_COUNT };
 
@@ -63,10 +66,10 @@ typedef struct {
     PyObject_HEAD
     PyObject *tracker;
     /* The tracker's containers: shared with its Python code, cleared but never replaced. */
-    PyObject *open, *task_frames, *task_infos;
+    PyObject *open, *task_frames, *task_infos, *dropped;
     PyObject *finished, *finished_append;
     /* Objects compared with or called. */
-    PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type;
+    PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type, *coroutine_type;
     PyObject *get_running_loop, *current_task, *random, *otel_parent;
     PyObject *last_loop;    /* Tracker._last_loop */
     PyObject *walked_codes; /* list keeping alive the codes whose co_flags are cached */
@@ -115,6 +118,7 @@ typedef struct {
     PyObject *hooks;   /* until the task is forgotten: the Hooks it is known to, or NULL */
     PyObject *key;     /* its key in task_infos (the task's address), or NULL */
     PyObject *frame;   /* its key in task_frames (its coroutine's frame), or NULL */
+    PyObject *coro;    /* while `frame` is set, its coroutine (if a plain one), or NULL */
 } TaskInfo;
 
 static inline int64_t
@@ -231,6 +235,7 @@ AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject 
 AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
 AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);
 AI_INTERNAL int task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest);
+AI_INTERNAL int pending_task_runs(Hooks *h);
 
 /* -- spans.c ---------------------------------------------------------------------------- */
 

@@ -123,9 +123,14 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     int64_t code_id = slot->code_id;
     int code_flags = slot->flags;
     int64_t t = now_ns();
-    if (h->running == 0 && PyDict_Size(h->task_frames) == 0) {
-        /* Nothing of ours on any stack (Hooks.running): a root, or a task's first span,
-         * found without walking the frames below (a server's request task, each time). */
+    int walk = h->running != 0 ? 1 : pending_task_runs(h);
+    if (walk < 0) {
+        return fault(h);
+    }
+    if (!walk) {
+        /* Nothing of ours on any stack (Hooks.running, pending_task_runs): a root, or a
+         * task's first span, found without walking the frames below (a server's request
+         * task, each time). */
         PyObject *span = open_span(h, frame, NULL, code_id, code_flags, t);
         Py_XDECREF(span);
         return span == NULL ? fault(h) : Py_NewRef(Py_None);
@@ -634,13 +639,14 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!(h->open = PyObject_GetAttr(tracker, NAME(h, open)))
         || !(h->task_frames = PyObject_GetAttr(tracker, NAME(h, _task_frames)))
         || !(h->task_infos = PyObject_GetAttr(tracker, NAME(h, _task_infos)))
+        || !(h->dropped = PyObject_GetAttr(tracker, NAME(h, dropped)))
         || !(h->finished = PyObject_GetAttr(tracker, NAME(h, finished)))
         || !(h->finished_append = PyObject_GetAttr(h->finished, NAME(h, append)))) {
         goto fail;
     }
-    if (!PyDict_Check(h->open) || !PyDict_Check(h->task_frames)
-        || !PyDict_Check(h->task_infos)) {
-        PyErr_SetString(PyExc_TypeError, "the tracker's span and task maps must be dicts");
+    if (!PyDict_Check(h->open) || !PyDict_Check(h->task_frames) || !PyDict_Check(h->task_infos)
+        || !PyDict_Check(h->dropped)) {
+        PyErr_SetString(PyExc_TypeError, "the tracker's span, task and drop maps must be dicts");
         goto fail;
     }
     int64_t parent_based;
@@ -648,6 +654,7 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (get_item(config, "disable", &h->disable) < 0
         || get_item(config, "task_type", &h->task_type) < 0
         || get_item(config, "cancelled", &h->cancelled) < 0
+        || get_item(config, "coroutine_type", &h->coroutine_type) < 0
         || get_item(config, "loop_runner", &h->loop_runner) < 0
         || get_item(config, "get_running_loop", &h->get_running_loop) < 0
         || get_item(config, "current_task", &h->current_task) < 0
@@ -700,6 +707,7 @@ Hooks_traverse(Hooks *h, visitproc visit, void *arg)
     Py_VISIT(h->open);
     Py_VISIT(h->task_frames);
     Py_VISIT(h->task_infos);
+    Py_VISIT(h->dropped);
     Py_VISIT(h->finished);
     Py_VISIT(h->finished_append);
     Py_VISIT(h->last_loop);
@@ -718,6 +726,7 @@ Hooks_clear(Hooks *h)
     Py_CLEAR(h->open);
     Py_CLEAR(h->task_frames);
     Py_CLEAR(h->task_infos);
+    Py_CLEAR(h->dropped);
     Py_CLEAR(h->finished);
     Py_CLEAR(h->finished_append);
     Py_CLEAR(h->last_loop);
@@ -738,6 +747,7 @@ Hooks_dealloc(Hooks *h)
     Py_CLEAR(h->disable);
     Py_CLEAR(h->task_type);
     Py_CLEAR(h->cancelled);
+    Py_CLEAR(h->coroutine_type);
     Py_CLEAR(h->loop_runner);
     Py_CLEAR(h->info_type);
     Py_CLEAR(h->span_type);

@@ -61,6 +61,7 @@ forget_task(TaskInfo *info)
                      && discard_key(h->task_frames, info->frame, (PyObject *)info) < 0);
     Py_CLEAR(info->key);
     Py_CLEAR(info->frame);
+    Py_CLEAR(info->coro);
     if (failed && h->tracker != NULL) {
         fault(h); /* a weakref callback must not raise: counted instead */
     }
@@ -152,6 +153,7 @@ TaskInfo_traverse(TaskInfo *info, visitproc visit, void *arg)
     Py_VISIT(info->ref);
     Py_VISIT(info->hooks);
     Py_VISIT(info->frame);
+    Py_VISIT(info->coro);
     return 0;
 }
 
@@ -163,6 +165,7 @@ TaskInfo_clear(TaskInfo *info)
     Py_CLEAR(info->hooks);
     Py_CLEAR(info->key);
     Py_CLEAR(info->frame);
+    Py_CLEAR(info->coro);
     return 0;
 }
 
@@ -334,6 +337,9 @@ task_created(Hooks *h, PyObject *coro, PyObject *frame)
     }
     if (own_frame != Py_None) {
         ((TaskInfo *)info)->frame = own_frame; /* the reference coro_frame gave */
+        if ((PyObject *)Py_TYPE(coro) == h->coroutine_type) { /* asked by pending_task_runs */
+            ((TaskInfo *)info)->coro = Py_NewRef(coro);
+        }
     }
     else {
         Py_DECREF(own_frame);
@@ -579,6 +585,7 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
         }
         if (is_task_info(h, info)) {
             Py_CLEAR(((TaskInfo *)info)->frame); /* nothing left to forget there */
+            Py_CLEAR(((TaskInfo *)info)->coro);
         }
         *parent_out = creator;
         *info_out = info;
@@ -659,6 +666,44 @@ task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest)
         if (resumed) {
             ++*running;
             *oldest = *running == 1 || resumed < *oldest ? resumed : *oldest;
+        }
+    }
+    return 0;
+}
+
+/* Whether a task the factory made, whose coroutine has not opened a span, runs now. Its
+ * coroutine is then on this stack (a library coroutine running the task: `await` in
+ * asyncio.wait_for, aiohttp's connection handler on 3.14), and a new span must walk the
+ * stack down to it (find_parent). While none runs, no frame in task_frames is on any
+ * stack, and on_start need not walk: a server keeps such tasks pending all along (its
+ * listeners, finished tasks not freed yet), which must not cost each request a walk.
+ * 1, 0, or -1 with an exception; 1 too for anything it cannot ask cheaply. */
+AI_INTERNAL int
+pending_task_runs(Hooks *h)
+{
+    Py_ssize_t size = PyDict_Size(h->task_frames);
+    if (size == 0) {
+        return 0;
+    }
+    if (size > MAX_PENDING_ASKED) {
+        return 1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *frame, *info;
+    while (PyDict_Next(h->task_frames, &pos, &frame, &info)) {
+        PyObject *coro = is_task_info(h, info) ? ((TaskInfo *)info)->coro : NULL;
+        if (coro == NULL) {
+            return 1;
+        }
+        /* A plain coroutine's getter: no Python code runs while we iterate. */
+        PyObject *running = PyObject_GetAttr(coro, NAME(h, cr_running));
+        if (running == NULL) {
+            return -1;
+        }
+        int runs = running != Py_False;
+        Py_DECREF(running);
+        if (runs) {
+            return 1;
         }
     }
     return 0;

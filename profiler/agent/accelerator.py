@@ -114,6 +114,8 @@ class AcceleratedTracker(Tracker):
         self, settings: AgentSettings, code_filter: CodeFilter, tool: int, accel: ModuleType
     ) -> None:
         super().__init__(settings, code_filter, tool)
+        # The open spans by frame: a dict's protocol, keyed by address in C (spanmap.c).
+        self.open = accel.SpanMap()
         config: dict[str, Any] = {
             "disable": sys.monitoring.DISABLE,
             "task_type": asyncio.Task,

@@ -62,11 +62,27 @@ enum { FLAG_TASK_ROOT = 1, FLAG_START_UNKNOWN = 2 };
 #define AI_NAME_ENUM(n) N_##n,
 enum { AI_NAMES(AI_NAME_ENUM) N_COUNT };
 
+typedef struct Span Span;
+enum { LAST_NONE, LAST_RESUME, LAST_YIELD };
+
+/* The open spans by frame: AcceleratedTracker.open (spanmap.c). */
+typedef struct {
+    PyObject *frame; /* NULL: an empty slot */
+    PyObject *span;
+} MapSlot;
+
+typedef struct {
+    PyObject_HEAD
+    MapSlot *slots;
+    size_t capacity, used;
+} SpanMap;
+
 typedef struct {
     PyObject_HEAD
     PyObject *tracker;
     /* The tracker's containers: shared with its Python code, cleared but never replaced. */
-    PyObject *open, *task_frames, *task_infos, *dropped;
+    SpanMap *open; /* the tracker's `open` */
+    PyObject *task_frames, *task_infos, *dropped;
     PyObject *finished, *finished_append;
     /* Objects compared with or called. */
     PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type, *coroutine_type;
@@ -90,6 +106,11 @@ typedef struct {
      * a RESUMED change of a span in `open`; Python adds the spans it makes running
      * (Tracker._became_running). */
     int64_t running;
+    /* The last callback, when it resumed or suspended a span (chain_time in hooks.c):
+     * LAST_RESUME or LAST_YIELD, that span (compared by address only) and its time. */
+    int last_kind;
+    Span *last_span;
+    int64_t last_t;
     Py_ssize_t sweep_infos_at; /* _task_infos size that makes us drop its dead tasks */
     double ratio;
     int parent_based;
@@ -190,14 +211,14 @@ typedef union {
     PyObject *o;
 } Field;
 
-typedef struct {
+struct Span {
     PyObject_VAR_HEAD  /* ob_size: the events `room` holds */
     Field f[SPAN_LEN]; /* f[EVENTS] unused; f[SAMPLED].i is 0 or 1 */
     Event *events;     /* EVENTS, when `has_events` (else None): `room`, or a heap array */
     int32_t nevents, capacity;
     int has_events;
     Event room[]; /* a sampled span's first events, in the span's own allocation */
-} Span;
+};
 
 /* What each position holds (span.c), for the code that walks all of them. */
 enum { KIND_INT, KIND_OBJECT, KIND_BOOL, KIND_EVENTS };
@@ -218,6 +239,13 @@ is_span(Hooks *h, PyObject *obj)
 {
     return (PyObject *)Py_TYPE(obj) == h->span_type;
 }
+
+/* -- spanmap.c -------------------------------------------------------------------------- */
+
+AI_INTERNAL extern PyType_Spec SpanMap_spec;
+AI_INTERNAL PyObject *map_get(const SpanMap *map, PyObject *frame);
+AI_INTERNAL int map_put(SpanMap *map, PyObject *frame, PyObject *span);
+AI_INTERNAL PyObject *map_pop(SpanMap *map, PyObject *frame);
 
 /* -- hooks.c ---------------------------------------------------------------------------- */
 

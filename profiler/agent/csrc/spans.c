@@ -86,7 +86,7 @@ open_child(Hooks *h, PyObject *frame, Span *parent, int64_t code_id, int code_fl
     span->f[SAMPLED].i = sampled;
     span_set(span, REMOTE, remote);
     span_set(span, PARENT, Py_NewRef((PyObject *)parent));
-    int failed = (sampled && first_poll(span, t) < 0) || PyDict_SetItem(h->open, frame, made) < 0;
+    int failed = (sampled && first_poll(span, t) < 0) || map_put(h->open, frame, made) < 0;
     if (!failed) {
         span_set(parent, CHILD, Py_NewRef(made));
         h->running++; /* in `open`, running */
@@ -260,7 +260,7 @@ task_of(Hooks *h, PyObject *info, int64_t *task_id, int64_t *thread, int64_t *fl
 AI_INTERNAL PyObject *
 open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_flags, int64_t t)
 {
-    if (PyDict_Size(h->open) >= h->max_open) {
+    if ((int64_t)h->open->used >= h->max_open) {
         return drop(h, h->s_open_limit) < 0 ? NULL : Py_NewRef(Py_None);
     }
     PyObject *found, *info;
@@ -304,7 +304,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     span_set(span, same_task ? PARENT : TASK_INFO, Py_NewRef(same_task ? found : info));
     if ((from.sampled && first_poll(span, t) < 0)
         || (from.sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0)
-        || PyDict_SetItem(h->open, frame, made) < 0) {
+        || map_put(h->open, frame, made) < 0) {
         Py_CLEAR(made);
         goto done;
     }

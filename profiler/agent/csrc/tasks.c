@@ -292,14 +292,10 @@ find_open_span(Hooks *h, PyObject *frame)
         if (runner) {
             break; /* below the event loop's callback runner are no spans of ours */
         }
-        PyObject *span = PyDict_GetItemWithError(h->open, frame);
+        PyObject *span = map_get(h->open, frame);
         if (span != NULL) {
             Py_DECREF(frame);
             return Py_NewRef(span);
-        }
-        if (PyErr_Occurred()) {
-            Py_DECREF(frame);
-            return NULL;
         }
         PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
         Py_DECREF(frame);
@@ -599,16 +595,13 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
     }
     Py_INCREF(back);
     for (int i = 0; i < MAX_WALK && back != Py_None; i++) {
-        PyObject *span = PyDict_GetItemWithError(h->open, back);
+        PyObject *span = map_get(h->open, back);
         if (span != NULL) {
             Py_DECREF(back);
             *parent_out = Py_NewRef(span);
             *info_out = Py_NewRef(Py_None);
             *same_task = 1;
             return 0;
-        }
-        if (PyErr_Occurred()) {
-            goto fail;
         }
         info = pending ? PyDict_GetItemWithError(h->task_frames, back) : NULL;
         if (info != NULL) { /* a library coroutine runs the task; we are its first app span */
@@ -654,11 +647,10 @@ fail:
 AI_INTERNAL int
 task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest)
 {
-    Py_ssize_t pos = 0;
-    PyObject *frame, *span;
     *live = *running = *oldest = 0;
-    while (PyDict_Next(h->open, &pos, &frame, &span)) {
-        if (!is_span(h, span) || SPAN(span)->f[TASK_INFO].o == Py_None) {
+    for (size_t i = 0; i < h->open->capacity; i++) {
+        PyObject *span = h->open->slots[i].span;
+        if (span == NULL || !is_span(h, span) || SPAN(span)->f[TASK_INFO].o == Py_None) {
             continue; /* not a task's first span */
         }
         int64_t resumed = SPAN(span)->f[RESUMED].i;

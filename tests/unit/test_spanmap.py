@@ -1,0 +1,78 @@
+"""The compiled tracker's `open` (_accel.SpanMap): the dict protocol Tracker uses, keyed by
+address, holding what it maps; checked against a dict over many random changes."""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+import weakref
+from typing import Any
+
+import pytest
+
+from profiler.agent import accelerator
+
+COMPILED, WHY = accelerator.available()
+pytestmark = pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {WHY}")
+
+
+def span_map() -> Any:
+    from profiler.agent import _accel
+
+    return _accel.SpanMap()
+
+
+class Key:
+    """A stand-in for a frame: any object is keyed by its address."""
+
+
+def test_it_behaves_like_a_dict_through_growth_and_removal() -> None:
+    # GIVEN a SpanMap and a dict put through the same random changes
+    rng = random.Random(7)
+    keys = [Key() for _ in range(600)]
+    mapped, reference = span_map(), {}
+    for step in range(20_000):
+        key = rng.choice(keys)
+        action = rng.random()
+        if action < 0.5:
+            mapped[key] = reference[key] = step
+        elif action < 0.8:
+            assert mapped.pop(key, None) == reference.pop(key, None)
+        elif key in reference:
+            del mapped[key], reference[key]
+        # THEN every read agrees, at every step
+        assert len(mapped) == len(reference)
+        assert (key in mapped) == (key in reference)
+        assert mapped.get(key) == reference.get(key)
+    assert sorted(mapped.values()) == sorted(reference.values())
+    assert set(mapped.keys()) == set(reference) == set(mapped)
+    # AND what is missing says so as a dict would
+    with pytest.raises(KeyError):
+        mapped[Key()]
+    with pytest.raises(KeyError):
+        del mapped[Key()]
+    with pytest.raises(KeyError):
+        mapped.pop(Key())
+    # AND clear() empties it, and it fills again
+    mapped.clear()
+    assert len(mapped) == 0 and mapped.values() == []
+    mapped[keys[0]] = "again"
+    assert mapped[keys[0]] == "again"
+
+
+def test_it_holds_what_it_maps_until_removed() -> None:
+    # GIVEN a key and a value known only to the map
+    mapped = span_map()
+    key, value = Key(), Key()
+    watched = weakref.ref(key), weakref.ref(value)
+    before = sys.getrefcount(key)
+    mapped[key] = value
+    assert sys.getrefcount(key) == before + 1
+    del key, value
+    gc.collect()
+    # THEN both live on in the map, and go when it lets go of them
+    assert all(ref() is not None for ref in watched)
+    mapped.pop(watched[0]())
+    gc.collect()
+    assert all(ref() is None for ref in watched)

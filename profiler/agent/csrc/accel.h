@@ -150,6 +150,31 @@ now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* -- references to None --------------------------------------------------------------- */
+
+/* None is immortal on every CPython this binary serves (3.12 on, PEP 683), which CPython's
+ * own Py_RETURN_NONE relies on: its count never changes. The limited API makes Py_INCREF
+ * and Py_DECREF out-of-line calls, so the hot paths skip them for None (NONE is a reference
+ * to None that was never counted; giving it away or dropping it is the same no-op). */
+#define NONE Py_None
+
+static inline PyObject *
+new_ref(PyObject *obj)
+{
+    if (obj != Py_None) {
+        Py_INCREF(obj);
+    }
+    return obj;
+}
+
+static inline void
+drop_ref(PyObject *obj)
+{
+    if (obj != NULL && obj != Py_None) {
+        Py_DECREF(obj);
+    }
+}
+
 /* -- calls -------------------------------------------------------------------------------- */
 
 static inline PyObject *

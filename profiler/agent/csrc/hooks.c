@@ -84,7 +84,7 @@ running_span(Hooks *h, PyObject *code, int take)
 static PyObject *
 done(Hooks *h)
 {
-    return PyErr_Occurred() ? fault(h) : Py_NewRef(Py_None);
+    return PyErr_Occurred() ? fault(h) : NONE;
 }
 
 /* The time of a resume or suspension, `kind`, of `span`. Along an await chain, a
@@ -153,7 +153,7 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
          * task, each time). */
         PyObject *span = open_span(h, frame, NULL, code_id, code_flags, t);
         Py_XDECREF(span);
-        return span == NULL ? fault(h) : Py_NewRef(Py_None);
+        return span == NULL ? fault(h) : NONE;
     }
     PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
     if (back == NULL) {
@@ -236,7 +236,7 @@ Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     int64_t t = chain_time(h, LAST_RESUME, SPAN(span), SPAN(span)->f[PARENT].o);
     int failed = resumed(h, SPAN(span), t, NULL) < 0;
     Py_DECREF(span);
-    return failed ? fault(h) : Py_NewRef(Py_None);
+    return failed ? fault(h) : NONE;
 }
 
 /* PY_THROW(code, offset, exception): global, so it comes for every frame; never DISABLE. */
@@ -293,7 +293,7 @@ Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_DECREF(span);
-    return failed ? fault(h) : Py_NewRef(Py_None);
+    return failed ? fault(h) : NONE;
 }
 
 /* PY_RETURN(code, offset, value): completed; or a selector's select() returned (a wake). */
@@ -315,7 +315,7 @@ Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     }
     int failed = finish(h, SPAN(span), STATE_COMPLETED, now_ns(), NULL) < 0;
     Py_DECREF(span);
-    return failed ? fault(h) : Py_NewRef(Py_None);
+    return failed ? fault(h) : NONE;
 }
 
 /* PY_UNWIND(code, offset, exception): failed, or cancelled. Global: never DISABLE. */

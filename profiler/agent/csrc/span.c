@@ -34,7 +34,7 @@ alloc_span(PyTypeObject *type, int room)
     PyObject_InitVar((PyVarObject *)span, type, room); /* a reference to the type too */
     memset(span->f, 0, sizeof(span->f));
     for (int i = 0; i < OBJECT_COUNT; i++) {
-        span->f[OBJECT_FIELDS[i]].o = Py_NewRef(Py_None);
+        span->f[OBJECT_FIELDS[i]].o = NONE;
     }
     span->f[STATE].i = STATE_RUNNING;
     span->f[POLLS].i = 1;
@@ -58,14 +58,14 @@ span_set(Span *span, int field, PyObject *value)
 {
     PyObject *old = span->f[field].o;
     span->f[field].o = value;
-    Py_XDECREF(old);
+    drop_ref(old);
 }
 
 static void
 events_clear(Span *span)
 {
     for (int32_t i = 0; i < span->nevents; i++) {
-        Py_DECREF(span->events[i].detail);
+        drop_ref(span->events[i].detail);
     }
     if (span->events != span->room) {
         PyMem_Free(span->events);
@@ -94,7 +94,7 @@ span_event(Span *span, int kind, int64_t when, PyObject *detail)
         span->events = grown;
         span->capacity = capacity;
     }
-    span->events[span->nevents++] = (Event){when, Py_NewRef(detail), kind};
+    span->events[span->nevents++] = (Event){when, new_ref(detail), kind};
     return 0;
 }
 
@@ -312,7 +312,7 @@ span_free(Span *span)
 {
     PyTypeObject *type = Py_TYPE((PyObject *)span);
     for (int i = 0; i < OBJECT_COUNT; i++) {
-        Py_DECREF(span->f[OBJECT_FIELDS[i]].o);
+        drop_ref(span->f[OBJECT_FIELDS[i]].o);
     }
     events_clear(span);
     PyObject_Free(span);

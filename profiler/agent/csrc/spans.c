@@ -27,7 +27,7 @@ static PyObject *
 remote_below(PyObject *remote)
 {
     if (remote == Py_None) {
-        return Py_NewRef(Py_None);
+        return NONE;
     }
     PyObject *trace_id = PySequence_GetItem(remote, 0);
     PyObject *zero = PyLong_FromLong(0);
@@ -197,7 +197,7 @@ lineage(Hooks *h, Span *parent, int64_t span_id, int64_t code_id, int code_flags
         out->trace = parent->f[TRACE].i;
         out->parent_id = parent->f[ID].i;
         out->sampled = (int)parent->f[SAMPLED].i;
-        out->link = Py_NewRef(Py_None);
+        out->link = NONE;
         out->remote = remote_below(parent->f[REMOTE].o);
         return out->remote != NULL ? 0 : -1;
     }
@@ -206,12 +206,12 @@ lineage(Hooks *h, Span *parent, int64_t span_id, int64_t code_id, int code_flags
     out->trace = span_id;
     out->parent_id = 0;
     out->link = parent != NULL ? int_pair(parent->f[TRACE].i, parent->f[ID].i)
-                               : Py_NewRef(Py_None);
+                               : NONE;
     if (out->link == NULL) {
         return -1;
     }
     if (parent != NULL) {
-        out->remote = Py_NewRef(Py_None);
+        out->remote = NONE;
     }
     else if (app_lineage(h, out) < 0) {
         return -1;
@@ -318,8 +318,8 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
 done:
     Py_DECREF(found);
     Py_DECREF(info);
-    Py_XDECREF(from.link);
-    Py_XDECREF(from.remote);
+    drop_ref(from.link);
+    drop_ref(from.remote);
     return made;
 }
 
@@ -404,7 +404,7 @@ finish(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
     span->f[RESUMED].i = 0;
     if (parent != Py_None && is_span(h, parent)
         && SPAN(parent)->f[CHILD].o == (PyObject *)span) {
-        span_set(SPAN(parent), CHILD, Py_NewRef(Py_None));
+        span_set(SPAN(parent), CHILD, NONE);
     }
     if (meter_span(h, span, state, t, parent == Py_None, busy) < 0) {
         return -1;

@@ -22,9 +22,19 @@ async def handle(i):
             pass
 
 
+def spawn(batch, spawned):
+    spawned.set_result([asyncio.ensure_future(handle(batch * 10 + j)) for j in range(10)])
+
+
 async def main():
+    loop = asyncio.get_running_loop()
     for batch in range(30):
-        await asyncio.gather(*(handle(batch * 10 + j) for j in range(10)))
+        # Made from a loop callback, outside any coroutine, each request is a trace root of
+        # its own, sampled or not by itself, as a server's requests are. (Made by main, all
+        # would be in main's trace and share its one 1% draw.)
+        spawned = loop.create_future()
+        loop.call_soon(spawn, batch, spawned)
+        await asyncio.gather(*await spawned)
 
 
 if __name__ == "__main__":

@@ -275,18 +275,46 @@ AI_INTERNAL PyObject *map_pop(SpanMap *map, PyObject *frame);
 /* -- hooks.c ---------------------------------------------------------------------------- */
 
 AI_INTERNAL PyObject *fault(Hooks *h);
+#define AI_CALLBACK(name)                                                                     \
+    AI_INTERNAL PyObject *Hooks_##name(Hooks *h, PyObject *const *args, Py_ssize_t nargs);
+AI_CALLBACK(on_start)
+AI_CALLBACK(on_resume)
+AI_CALLBACK(on_throw)
+AI_CALLBACK(on_yield)
+AI_CALLBACK(on_return)
+AI_CALLBACK(on_unwind)
+
+/* -- calls.c, module.c ---------------------------------------------------------------------- */
+
+AI_INTERNAL extern PyMethodDef Hooks_methods[];
+AI_INTERNAL extern PyMemberDef Hooks_members[];
+
+/* -- taskinfo.c ----------------------------------------------------------------------- */
+
+AI_INTERNAL extern PyType_Spec TaskInfo_spec;
+AI_INTERNAL PyObject *new_task_info(PyTypeObject *type, int64_t task_id, PyObject *creator,
+                                    int64_t creator_task);
+AI_INTERNAL int discard_key(PyObject *dict, PyObject *key, PyObject *value);
+AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
+AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);
+AI_INTERNAL PyObject *info_creator(Hooks *h, PyObject *info);
+AI_INTERNAL PyObject *info_ref(Hooks *h, PyObject *info);
+AI_INTERNAL int set_info_ref(Hooks *h, PyObject *info, PyObject *ref);
+
+static inline int
+is_task_info(Hooks *h, PyObject *info)
+{
+    return (PyObject *)Py_TYPE(info) == h->info_type;
+}
 
 /* -- tasks.c ---------------------------------------------------------------------------- */
 
-AI_INTERNAL extern PyType_Spec TaskInfo_spec;
 AI_INTERNAL PyObject *find_open_span(Hooks *h, PyObject *frame);
 AI_INTERNAL PyObject *info_for(Hooks *h, PyObject *task);
 AI_INTERNAL PyObject *task_created(Hooks *h, PyObject *coro, PyObject *frame);
 AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro);
 AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent,
                             PyObject **info, int *same_task);
-AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
-AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);
 AI_INTERNAL int task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest);
 AI_INTERNAL int pending_task_runs(Hooks *h);
 

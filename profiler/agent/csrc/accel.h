@@ -102,7 +102,8 @@ typedef struct {
     /* Spans in `open` whose coroutine runs now (RESUMED set), on any thread. Every frame on
      * a stack is running, so while this is 0 no span of ours is on any stack: a new span
      * has no parent or creator to find there, and on_start skips the frame walk (which
-     * makes CPython create a frame object per step). Never too low: each change follows
+     * makes CPython create a frame object per step) unless a task the factory made, not
+     * started in our code yet, runs now (pending_task_runs). Never too low: each change follows
      * a RESUMED change of a span in `open`; Python adds the spans it makes running
      * (Tracker._became_running). */
     int64_t running;

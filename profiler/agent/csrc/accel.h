@@ -239,7 +239,8 @@ typedef union {
 
 struct Span {
     PyObject_VAR_HEAD  /* ob_size: the events `room` holds */
-    Field f[SPAN_LEN]; /* f[EVENTS] unused; f[SAMPLED].i is 0 or 1 */
+    Field f[SPAN_LEN]; /* f[EVENTS] unused; f[SAMPLED].i and f[LINK].i are 0 or 1 */
+    int64_t link[2];   /* LINK, when f[LINK].i: the (trace, span) it links to */
     Event *events;     /* EVENTS, when `has_events` (else None): `room`, or a heap array */
     int32_t nevents, capacity;
     int has_events;
@@ -247,7 +248,7 @@ struct Span {
 };
 
 /* What each position holds (span.c), for the code that walks all of them. */
-enum { KIND_INT, KIND_OBJECT, KIND_BOOL, KIND_EVENTS };
+enum { KIND_INT, KIND_OBJECT, KIND_BOOL, KIND_EVENTS, KIND_LINK };
 AI_INTERNAL extern const unsigned char FIELD_KINDS[SPAN_LEN];
 
 #define SPAN(o) ((Span *)(o))

@@ -274,6 +274,19 @@ m_put_events(Out *out, Span *span)
     return head;
 }
 
+/* The link: None, or the (trace, span) pair. */
+static int
+m_put_link(Out *out, Span *span)
+{
+    if (!span->f[LINK].i) {
+        return m_put_byte(out, M_NONE);
+    }
+    return m_put_sequence_head(out, 2) != 0 || m_put_i64(out, span->link[0]) < 0
+                   || m_put_i64(out, span->link[1]) < 0
+               ? -1
+               : 0;
+}
+
 /* One span's wire record, as spans.to_wire makes it: its first WIRE_FIELDS positions, the
  * events (None or a list) as a tuple. */
 static int
@@ -283,9 +296,10 @@ m_put_record(Out *out, Span *span)
         return -1;
     }
     for (int field = 0; field < WIRE_FIELDS; field++) {
-        int written = field == EVENTS              ? m_put_events(out, span)
+        int written = field == EVENTS                     ? m_put_events(out, span)
+                      : field == LINK                     ? m_put_link(out, span)
                       : FIELD_KINDS[field] == KIND_OBJECT ? m_put_value(out, span->f[field].o, 1)
-                                               : m_put_i64(out, span->f[field].i);
+                                                          : m_put_i64(out, span->f[field].i);
         if (written != 0) {
             return written;
         }

@@ -11,15 +11,14 @@ AI_INTERNAL const unsigned char FIELD_KINDS[SPAN_LEN] = {
     [CODE] = KIND_INT, [THREAD] = KIND_INT, [START] = KIND_INT, [END] = KIND_INT,
     [STATE] = KIND_INT, [POLLS] = KIND_INT, [BUSY] = KIND_INT, [EVENTS] = KIND_EVENTS,
     [EVENTS_DROPPED] = KIND_INT, [ERROR] = KIND_OBJECT, [TASK_NAME] = KIND_OBJECT,
-    [PARENT_TASK] = KIND_INT, [LINK] = KIND_OBJECT, [REMOTE] = KIND_OBJECT,
+    [PARENT_TASK] = KIND_INT, [LINK] = KIND_LINK, [REMOTE] = KIND_OBJECT,
     [FLAGS] = KIND_INT, [ATTRS] = KIND_OBJECT, [RESUMED] = KIND_INT, [PARENT] = KIND_OBJECT,
     [CHILD] = KIND_OBJECT, [SAMPLED] = KIND_BOOL, [TASK_INFO] = KIND_OBJECT,
     [BLOCKED_AT] = KIND_INT,
 };
 
 /* The object positions, for freeing. */
-static const int OBJECT_FIELDS[] = {ERROR, TASK_NAME, LINK, REMOTE, ATTRS, PARENT, CHILD,
-                                    TASK_INFO};
+static const int OBJECT_FIELDS[] = {ERROR, TASK_NAME, REMOTE, ATTRS, PARENT, CHILD, TASK_INFO};
 #define OBJECT_COUNT ((int)(sizeof(OBJECT_FIELDS) / sizeof(OBJECT_FIELDS[0])))
 
 /* A span as spans.new_span makes it before its own fields are stored: a running span with
@@ -161,6 +160,24 @@ set_events(Span *span, PyObject *value)
     return failed ? -1 : 0;
 }
 
+/* span[LINK] = None, or a (trace, span) pair of ints. */
+static int
+set_link(Span *span, PyObject *value)
+{
+    if (value == Py_None) {
+        span->f[LINK].i = 0;
+        return 0;
+    }
+    long long trace, span_id;
+    if (!PyArg_ParseTuple(value, "LL;a link is None or (trace, span)", &trace, &span_id)) {
+        return -1;
+    }
+    span->link[0] = trace;
+    span->link[1] = span_id;
+    span->f[LINK].i = 1;
+    return 0;
+}
+
 static PyObject *
 get_field(Span *span, Py_ssize_t field)
 {
@@ -171,6 +188,10 @@ get_field(Span *span, Py_ssize_t field)
         return PyBool_FromLong(span->f[field].i);
     case KIND_EVENTS:
         return events_list(span);
+    case KIND_LINK:
+        return span->f[LINK].i ? Py_BuildValue("(LL)", (long long)span->link[0],
+                                               (long long)span->link[1])
+                               : NONE;
     default:
         return Py_NewRef(span->f[field].o);
     }
@@ -202,6 +223,8 @@ set_field(Span *span, Py_ssize_t field, PyObject *value)
     }
     case KIND_EVENTS:
         return set_events(span, value);
+    case KIND_LINK:
+        return set_link(span, value);
     default:
         span_set(span, (int)field, Py_NewRef(value));
         return 0;

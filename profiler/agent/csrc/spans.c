@@ -142,24 +142,12 @@ app_otel_parent(Hooks *h)
     return PyObject_CallNoArgs(h->otel_parent);
 }
 
-/* Where a span's trace comes from; `link` and `remote` are new references. */
+/* Where a span's trace comes from; `remote` is a new reference. */
 typedef struct {
-    int64_t trace, parent_id;
-    int sampled;
-    PyObject *link, *remote;
+    int64_t trace, parent_id, link[2];
+    int sampled, has_link;
+    PyObject *remote;
 } Lineage;
-
-/* (a, b) of two ints. */
-static PyObject *
-int_pair(int64_t a, int64_t b)
-{
-    PyObject *first = PyLong_FromLongLong(a);
-    PyObject *second = PyLong_FromLongLong(b);
-    PyObject *pair = first != NULL && second != NULL ? PyTuple_Pack(2, first, second) : NULL;
-    Py_XDECREF(first);
-    Py_XDECREF(second);
-    return pair;
-}
 
 /* The app's own OpenTelemetry span, if any: `out->remote` and, parent-based, `sampled`. */
 static int
@@ -197,7 +185,6 @@ lineage(Hooks *h, Span *parent, int64_t span_id, int64_t code_id, int code_flags
         out->trace = parent->f[TRACE].i;
         out->parent_id = parent->f[ID].i;
         out->sampled = (int)parent->f[SAMPLED].i;
-        out->link = NONE;
         out->remote = remote_below(parent->f[REMOTE].o);
         return out->remote != NULL ? 0 : -1;
     }
@@ -205,12 +192,10 @@ lineage(Hooks *h, Span *parent, int64_t span_id, int64_t code_id, int code_flags
      * linked to where it came from, so no trace grows without end. */
     out->trace = span_id;
     out->parent_id = 0;
-    out->link = parent != NULL ? int_pair(parent->f[TRACE].i, parent->f[ID].i)
-                               : NONE;
-    if (out->link == NULL) {
-        return -1;
-    }
     if (parent != NULL) {
+        out->has_link = 1;
+        out->link[0] = parent->f[TRACE].i;
+        out->link[1] = parent->f[ID].i;
         out->remote = NONE;
     }
     else if (app_lineage(h, out) < 0) {
@@ -272,7 +257,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     Span *parent = found != Py_None && is_span(h, found) ? SPAN(found) : NULL;
     same_task = same_task && parent != NULL;
     int64_t flags = 0, span_id = h->next_span_id++, task_id, thread;
-    Lineage from = {0, 0, -1, NULL, NULL};
+    Lineage from = {.sampled = -1};
     PyObject *made = NULL;
     if (lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
         goto done;
@@ -298,9 +283,11 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     span->f[START].i = span->f[RESUMED].i = t;
     span->f[FLAGS].i = flags;
     span->f[SAMPLED].i = from.sampled;
-    span_set(span, LINK, from.link);
+    span->f[LINK].i = from.has_link;
+    span->link[0] = from.link[0];
+    span->link[1] = from.link[1];
     span_set(span, REMOTE, from.remote);
-    from.link = from.remote = NULL;
+    from.remote = NULL;
     span_set(span, same_task ? PARENT : TASK_INFO, Py_NewRef(same_task ? found : info));
     if ((from.sampled && first_poll(span, t) < 0)
         || (from.sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0)
@@ -318,7 +305,6 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
 done:
     Py_DECREF(found);
     Py_DECREF(info);
-    drop_ref(from.link);
     drop_ref(from.remote);
     return made;
 }
@@ -346,10 +332,27 @@ meter_span(Hooks *h, Span *span, int state, int64_t end, int outermost, int64_t 
     return 0;
 }
 
-/* The sampled tail of Tracker._finish: outcome event, error, task name, buffer. */
+/* Whether the buffer is full, counting a drop if so: 1, 0, or -1 with an exception. */
+static int
+buffer_full(Hooks *h)
+{
+    Py_ssize_t buffered = PyObject_Size(h->finished);
+    if (buffered < 0) {
+        return -1;
+    }
+    return buffered < h->max_buffer ? 0 : drop(h, h->s_buffer_full) < 0 ? -1 : 1;
+}
+
+/* The sampled tail of Tracker._finish: outcome event, error, task name, buffer. A full
+ * buffer is seen first, before that work (an overloaded app drops most of its spans), and
+ * again at the end, as Python (the error, the task name) may have run meanwhile. */
 static int
 finish_sampled(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
 {
+    int full = buffer_full(h);
+    if (full != 0) {
+        return full < 0 ? -1 : 0;
+    }
     if (span_event(span, STATE_EVENTS[state], t, Py_None) < 0) {
         return -1; /* the outcome, even past the cap */
     }
@@ -372,12 +375,8 @@ finish_sampled(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
         }
         span_set(span, TASK_NAME, name);
     }
-    Py_ssize_t buffered = PyObject_Size(h->finished);
-    if (buffered < 0) {
-        return -1;
-    }
-    if (buffered >= h->max_buffer) {
-        return drop(h, h->s_buffer_full);
+    if ((exc != NULL || info != Py_None) && (full = buffer_full(h)) != 0) {
+        return full < 0 ? -1 : 0;
     }
     PyObject *result = call_one(h->finished_append, (PyObject *)span);
     Py_XDECREF(result);

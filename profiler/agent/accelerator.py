@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 4  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 5  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
 
@@ -116,6 +116,9 @@ class AcceleratedTracker(Tracker):
         super().__init__(settings, code_filter, tool)
         # The open spans by frame: a dict's protocol, keyed by address in C (spanmap.c).
         self.open = accel.SpanMap()
+        # The TaskInfo of each task by the task's address (not a reference, nor an int key
+        # object per task): the C forgets an entry when its task's weak reference says so.
+        self._task_infos = accel.SpanMap(weak_keys=True)
         config: dict[str, Any] = {
             "disable": sys.monitoring.DISABLE,
             "task_type": asyncio.Task,

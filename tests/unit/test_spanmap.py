@@ -17,21 +17,22 @@ COMPILED, WHY = accelerator.available()
 pytestmark = pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {WHY}")
 
 
-def span_map() -> Any:
+def span_map(weak_keys: bool = False) -> Any:
     from profiler.agent import _accel
 
-    return _accel.SpanMap()
+    return _accel.SpanMap(weak_keys=weak_keys)
 
 
 class Key:
     """A stand-in for a frame: any object is keyed by its address."""
 
 
-def test_it_behaves_like_a_dict_through_growth_and_removal() -> None:
+@pytest.mark.parametrize("weak_keys", [False, True], ids=["frames", "weak-keys"])
+def test_it_behaves_like_a_dict_through_growth_and_removal(weak_keys: bool) -> None:
     # GIVEN a SpanMap and a dict put through the same random changes
     rng = random.Random(7)
     keys = [Key() for _ in range(600)]
-    mapped, reference = span_map(), {}
+    mapped, reference = span_map(weak_keys), {}
     for step in range(20_000):
         key = rng.choice(keys)
         action = rng.random()
@@ -46,7 +47,8 @@ def test_it_behaves_like_a_dict_through_growth_and_removal() -> None:
         assert (key in mapped) == (key in reference)
         assert mapped.get(key) == reference.get(key)
     assert sorted(mapped.values()) == sorted(reference.values())
-    assert set(mapped.keys()) == set(reference) == set(mapped)
+    if not weak_keys:
+        assert set(mapped.keys()) == set(reference) == set(mapped)
     # AND what is missing says so as a dict would
     with pytest.raises(KeyError):
         mapped[Key()]
@@ -76,3 +78,22 @@ def test_it_holds_what_it_maps_until_removed() -> None:
     mapped.pop(watched[0]())
     gc.collect()
     assert all(ref() is None for ref in watched)
+
+
+def test_with_weak_keys_it_holds_values_only_and_never_gives_keys_out() -> None:
+    # GIVEN a weak-keyed SpanMap (the TaskInfos by task) given a key and a value
+    mapped = span_map(weak_keys=True)
+    key, value = Key(), Key()
+    key_refs, value_refs = sys.getrefcount(key), sys.getrefcount(value)
+    mapped[key] = value
+    # THEN it holds the value, not the key, and will not hand out what it does not hold
+    assert sys.getrefcount(key) == key_refs
+    assert sys.getrefcount(value) == value_refs + 1
+    assert mapped[key] is value and key in mapped
+    with pytest.raises(TypeError, match="weak keys"):
+        mapped.keys()
+    with pytest.raises(TypeError, match="weak keys"):
+        list(mapped)
+    # AND its entries go as a dict's do
+    del mapped[key]
+    assert len(mapped) == 0 and sys.getrefcount(value) == value_refs

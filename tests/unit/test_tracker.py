@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
@@ -366,6 +368,85 @@ def test_what_is_kept_per_task_goes_with_the_task(
     assert {name: kept[name] for name in ("infos", "frames", "open")} == dict.fromkeys(
         ("infos", "frames", "open"), 0
     ), kept
+
+
+LIBRARY_CALLER = """
+async def call_twice(first, second):
+    return [await first(), await second()]
+"""
+
+
+def library_call_twice() -> Any:
+    """An `async def` the code filter takes for the standard library's, as the coroutine of
+    aiohttp's request tasks is library code: it awaits two of ours, one after the other."""
+    path = os.path.join(sysconfig.get_paths()["stdlib"], "async_inspect_test_library.py")
+    namespace: dict[str, Any] = {}
+    exec(compile(LIBRARY_CALLER, path, "exec"), namespace)
+    return namespace["call_twice"]
+
+
+async def quick() -> int:
+    return 1
+
+
+def test_a_task_the_factory_never_saw_keeps_one_id(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN tasks made as aiohttp makes its request tasks (asyncio.Task itself, no task
+    # factory), each running library code that awaits two of ours
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    call_twice = library_call_twice()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(3000):
+            await asyncio.Task(call_twice(quick, quick), loop=loop)
+
+    run_watched(tracker, main)
+    # THEN both spans of a task carry its id, and each task has its own
+    by_task: dict[int, int] = {}
+    for span in Traced(tracker).named("quick"):
+        by_task[span[wire.SPAN_TASK]] = by_task.get(span[wire.SPAN_TASK], 0) + 1
+    assert len(by_task) == 3000 and set(by_task.values()) == {2}
+
+
+class Unseen:
+    """A stand-in for a task the factory never saw: weakly referable, no coroutine."""
+
+    __slots__ = ("__weakref__",)
+
+    def get_coro(self) -> None:
+        return None
+
+
+class BigUnseen(Unseen):
+    __slots__ = tuple(f"slot{n}" for n in range(40))  # another size: no address reused
+
+
+def test_what_is_kept_of_unseen_tasks_goes_once_they_are_gone(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN 3000 unseen tasks given a TaskInfo, then gone
+    tool = claim_tool_id("async-inspect-test")
+    tracker = new_tracker(AgentSettings(), tool)
+    sys.monitoring.free_tool_id(tool)  # never installed: only its maps are used
+    gone = [Unseen() for _ in range(3000)]
+    for task in gone:
+        tracker.info_for(task)
+    assert len(tracker._task_infos) == 3000
+    del gone, task
+    gc.collect()
+    # WHEN 5000 others (alive) get theirs
+    alive = [BigUnseen() for _ in range(5000)]
+    for task in alive:
+        tracker.info_for(task)
+    # THEN only the live ones are kept (the compiled tracker sweeps the others as the map
+    # grows; the Python one forgets each at once), and a live one keeps its TaskInfo
+    assert len(tracker._task_infos) == 5000
+    assert tracker.info_for(alive[0]) is tracker.info_for(alive[0])
+    assert tracker.tasks_seen == 8000
+    tracker.clear()
+    assert len(tracker._task_infos) == 0
 
 
 def test_live_and_running_tasks_are_counted_from_the_open_spans(

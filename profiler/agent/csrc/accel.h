@@ -28,7 +28,7 @@ _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 #define SWEEP_INFOS_AT 1024
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -75,6 +75,7 @@ typedef struct {
     PyObject_HEAD
     MapSlot *slots;
     size_t capacity, used;
+    int weak_keys; /* keys are addresses only (Hooks.task_infos) */
 } SpanMap;
 
 typedef struct {
@@ -82,7 +83,8 @@ typedef struct {
     PyObject *tracker;
     /* The tracker's containers: shared with its Python code, cleared but never replaced. */
     SpanMap *open; /* the tracker's `open` */
-    PyObject *task_frames, *task_infos, *dropped;
+    PyObject *task_frames, *dropped;
+    SpanMap *task_infos; /* TaskInfos by task (weak keys): the tracker's `_task_infos` */
     PyObject *finished, *finished_append;
     /* Objects compared with or called. */
     PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type, *coroutine_type;
@@ -127,7 +129,7 @@ typedef struct {
  * name(), made by the C for every task (the factory's too) when accelerated.
  *
  * A task the factory saw has a weak reference whose callback is its TaskInfo itself
- * (Tracker._forget_task): calling it removes the task's entries, `key` from task_infos
+ * (Tracker._forget_task): calling it removes the task's entries, `task` from task_infos
  * and `frame` from task_frames, where `hooks` keeps them. No map from weak references
  * to entries is needed, nor a tuple per task. */
 typedef struct {
@@ -138,7 +140,7 @@ typedef struct {
     PyObject *creator; /* the span that created the task, or None */
     PyObject *ref;     /* weak reference to the task, or None */
     PyObject *hooks;   /* until the task is forgotten: the Hooks it is known to, or NULL */
-    PyObject *key;     /* its key in task_infos (the task's address), or NULL */
+    PyObject *task;    /* its key in task_infos (the task's address, not held), or NULL */
     PyObject *frame;   /* its key in task_frames (its coroutine's frame), or NULL */
     PyObject *coro;    /* while `frame` is set, its coroutine (if a plain one), or NULL */
 } TaskInfo;
@@ -273,6 +275,7 @@ AI_INTERNAL extern PyType_Spec SpanMap_spec;
 AI_INTERNAL PyObject *map_get(const SpanMap *map, PyObject *frame);
 AI_INTERNAL int map_put(SpanMap *map, PyObject *frame, PyObject *span);
 AI_INTERNAL PyObject *map_pop(SpanMap *map, PyObject *frame);
+AI_INTERNAL int map_discard(SpanMap *map, PyObject *key, PyObject *value);
 
 /* -- hooks.c ---------------------------------------------------------------------------- */
 

@@ -148,7 +148,7 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     /* The tracker's own containers. */
     if (!(h->open = (SpanMap *)PyObject_GetAttr(tracker, NAME(h, open)))
         || !(h->task_frames = PyObject_GetAttr(tracker, NAME(h, _task_frames)))
-        || !(h->task_infos = PyObject_GetAttr(tracker, NAME(h, _task_infos)))
+        || !(h->task_infos = (SpanMap *)PyObject_GetAttr(tracker, NAME(h, _task_infos)))
         || !(h->dropped = PyObject_GetAttr(tracker, NAME(h, dropped)))
         || !(h->finished = PyObject_GetAttr(tracker, NAME(h, finished)))
         || !(h->finished_append = PyObject_GetAttr(h->finished, NAME(h, append)))) {
@@ -159,12 +159,14 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (map_type == NULL) {
         goto fail;
     }
-    int is_map = (PyObject *)Py_TYPE((PyObject *)h->open) == map_type;
+    int is_map = (PyObject *)Py_TYPE((PyObject *)h->open) == map_type
+                 && (PyObject *)Py_TYPE((PyObject *)h->task_infos) == map_type
+                 && !h->open->weak_keys && h->task_infos->weak_keys;
     Py_DECREF(map_type);
-    if (!is_map || !PyDict_Check(h->task_frames) || !PyDict_Check(h->task_infos)
-        || !PyDict_Check(h->dropped)) {
+    if (!is_map || !PyDict_Check(h->task_frames) || !PyDict_Check(h->dropped)) {
         PyErr_SetString(PyExc_TypeError,
-                        "the tracker's `open` must be a SpanMap; its task and drop maps dicts");
+                        "the tracker's `open` must be a SpanMap, its `_task_infos` a SpanMap "
+                        "with weak keys, its task frames and drops dicts");
         goto fail;
     }
     int64_t parent_based;

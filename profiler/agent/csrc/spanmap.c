@@ -8,6 +8,11 @@
  *
  * Every change to the table is complete before a reference is dropped: dropping one can
  * free a frame, run a __del__, and so start traced code whose callbacks use the table.
+ *
+ * `SpanMap(True)` holds its keys weakly (Hooks.task_infos: the TaskInfo of each task, by
+ * the task's address): a key is an address only, never dereferenced, and its owner must
+ * remove or replace the entry once the object is gone (a TaskInfo's weak reference says
+ * so). Such a map does not give its keys to Python.
  */
 #include "accel.h"
 
@@ -69,7 +74,7 @@ map_put(SpanMap *map, PyObject *frame, PyObject *span)
     MapSlot *slot = probe(map, frame);
     PyObject *old = slot->span;
     if (slot->frame == NULL) {
-        slot->frame = Py_NewRef(frame);
+        slot->frame = map->weak_keys ? frame : Py_NewRef(frame);
         map->used++;
     }
     slot->span = Py_NewRef(span);
@@ -106,8 +111,33 @@ map_pop(SpanMap *map, PyObject *frame)
     }
     PyObject *span = slot->span;
     remove_slot(map, slot);
-    Py_DECREF(frame); /* the map's reference; the caller's keeps it alive */
+    if (!map->weak_keys) {
+        Py_DECREF(frame); /* the map's reference; the caller's keeps it alive */
+    }
     return span;
+}
+
+/* del map[key] if it maps to `value` (1 if so): a weak-keyed map's owner forgetting its
+ * entry. A map so emptied gives its grown table back: a burst of tasks would leave it at
+ * its peak. */
+AI_INTERNAL int
+map_discard(SpanMap *map, PyObject *key, PyObject *value)
+{
+    MapSlot *slot = probe(map, key);
+    if (slot->frame == NULL || slot->span != value) {
+        return 0;
+    }
+    PyObject *gone = map_pop(map, key);
+    if (map->used == 0 && map->capacity > MAP_MIN) {
+        MapSlot *small = PyMem_Calloc(MAP_MIN, sizeof(MapSlot));
+        if (small != NULL) { /* else keep the big one: nothing is lost */
+            PyMem_Free(map->slots);
+            map->slots = small;
+            map->capacity = MAP_MIN;
+        }
+    }
+    Py_XDECREF(gone);
+    return 1;
 }
 
 /* Forget everything, and give a grown table back. */
@@ -125,7 +155,9 @@ map_clear(SpanMap *map)
     map->capacity = MAP_MIN;
     map->used = 0;
     for (size_t i = 0; i < old_capacity; i++) {
-        Py_XDECREF(old[i].frame);
+        if (!map->weak_keys) {
+            Py_XDECREF(old[i].frame);
+        }
         Py_XDECREF(old[i].span);
     }
     PyMem_Free(old);
@@ -137,10 +169,9 @@ map_clear(SpanMap *map)
 static PyObject *
 SpanMap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (!PyArg_ParseTuple(args, ":SpanMap") || (kwargs != NULL && PyDict_Size(kwargs) > 0)) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "SpanMap() takes no arguments");
-        }
+    int weak_keys = 0;
+    static char *keywords[] = {"weak_keys", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:SpanMap", keywords, &weak_keys)) {
         return NULL;
     }
     allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
@@ -154,6 +185,7 @@ SpanMap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return PyErr_NoMemory();
     }
     map->capacity = MAP_MIN;
+    map->weak_keys = weak_keys;
     return (PyObject *)map;
 }
 
@@ -227,6 +259,10 @@ SpanMap_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 snapshot(SpanMap *map, int values)
 {
+    if (!values && map->weak_keys) {
+        PyErr_SetString(PyExc_TypeError, "a SpanMap with weak keys does not give them out");
+        return NULL;
+    }
     PyObject *list = PyList_New((Py_ssize_t)map->used);
     Py_ssize_t at = 0;
     for (size_t i = 0; list != NULL && i < map->capacity; i++) {
@@ -271,7 +307,9 @@ SpanMap_traverse(PyObject *self, visitproc visit, void *arg)
     SpanMap *map = (SpanMap *)self;
     Py_VISIT(Py_TYPE(self));
     for (size_t i = 0; i < map->capacity; i++) {
-        Py_VISIT(map->slots[i].frame);
+        if (!map->weak_keys) {
+            Py_VISIT(map->slots[i].frame);
+        }
         Py_VISIT(map->slots[i].span);
     }
     return 0;
@@ -290,7 +328,9 @@ SpanMap_dealloc(PyObject *self)
     PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     for (size_t i = 0; i < map->capacity; i++) {
-        Py_XDECREF(map->slots[i].frame);
+        if (!map->weak_keys) {
+            Py_XDECREF(map->slots[i].frame);
+        }
         Py_XDECREF(map->slots[i].span);
     }
     PyMem_Free(map->slots);
@@ -311,7 +351,8 @@ static PyMethodDef SpanMap_methods[] = {
 };
 
 static PyType_Slot SpanMap_slots[] = {
-    {Py_tp_doc, (void *)PyDoc_STR("SpanMap()\n--\n\nThe open spans by frame (a dict, compiled).")},
+    {Py_tp_doc, (void *)PyDoc_STR("SpanMap(weak_keys=False)\n--\n\nThe open spans by frame (a "
+                                  "dict, compiled); with weak_keys, TaskInfos by task.")},
     {Py_tp_new, SpanMap_new},
     {Py_tp_dealloc, SpanMap_dealloc},
     {Py_tp_traverse, SpanMap_traverse},

@@ -50,11 +50,12 @@ forget_task(TaskInfo *info)
         return 0;
     }
     info->hooks = NULL;
-    int failed = (info->key != NULL && h->task_infos != NULL
-                  && discard_key(h->task_infos, info->key, (PyObject *)info) < 0)
-                 || (info->frame != NULL && h->task_frames != NULL
-                     && discard_key(h->task_frames, info->frame, (PyObject *)info) < 0);
-    Py_CLEAR(info->key);
+    if (info->task != NULL && h->task_infos != NULL) {
+        map_discard(h->task_infos, info->task, (PyObject *)info);
+    }
+    info->task = NULL;
+    int failed = info->frame != NULL && h->task_frames != NULL
+                 && discard_key(h->task_frames, info->frame, (PyObject *)info) < 0;
     Py_CLEAR(info->frame);
     Py_CLEAR(info->coro);
     if (failed && h->tracker != NULL) {
@@ -152,7 +153,7 @@ TaskInfo_clear(TaskInfo *info)
     Py_CLEAR(info->creator);
     Py_CLEAR(info->ref);
     Py_CLEAR(info->hooks);
-    Py_CLEAR(info->key);
+    info->task = NULL;
     Py_CLEAR(info->frame);
     Py_CLEAR(info->coro);
     return 0;

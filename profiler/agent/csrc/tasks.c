@@ -103,58 +103,60 @@ task_bound(Hooks *h, PyObject *info_obj, PyObject *task, PyObject *coro)
         PyErr_Clear(); /* a task class without weakref support: never forgotten early */
         return set_info_ref(h, info_obj, Py_None);
     }
-    PyObject *key = PyLong_FromVoidPtr(task);
-    if (set_info_ref(h, info_obj, ref) < 0 || key == NULL
-        || PyDict_SetItem(h->task_infos, key, info_obj) < 0) {
+    if (set_info_ref(h, info_obj, ref) < 0 || map_put(h->task_infos, task, info_obj) < 0) {
         Py_DECREF(ref);
-        Py_XDECREF(key);
         return -1;
     }
     Py_DECREF(ref);
-    PyObject *old_key = info->key, *old_hooks = info->hooks;
-    info->key = key;
+    PyObject *old_hooks = info->hooks;
+    info->task = task;
     info->hooks = Py_NewRef((PyObject *)h);
-    Py_XDECREF(old_key);
     Py_XDECREF(old_hooks);
     (void)coro; /* its frame was remembered by task_created */
     return 0;
 }
 
-/* Drop the entries of tasks that are gone from _task_infos (those of tasks the factory did
+/* Drop the entries of tasks that are gone from task_infos (those of tasks the factory did
  * not see, which have no weakref callback; others are gone already or soon). */
 static int
 sweep_infos(Hooks *h)
 {
-    PyObject *dead = PyList_New(0), *key, *info;
-    Py_ssize_t position = 0;
+    SpanMap *map = h->task_infos;
+    MapSlot *dead = PyMem_Malloc((map->used + 1) * sizeof(MapSlot)); /* (task, info) */
+    size_t count = 0;
     if (dead == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    while (PyDict_Next(h->task_infos, &position, &key, &info)) {
-        PyObject *ref = is_task_info(h, info) ? ((TaskInfo *)info)->ref : NULL;
+    for (size_t i = 0; i < map->capacity; i++) {
+        PyObject *info = map->slots[i].span;
+        PyObject *ref = info != NULL && is_task_info(h, info) ? ((TaskInfo *)info)->ref : NULL;
         if (ref == NULL || ref == Py_None) {
             continue; /* not ours, or no weakref support: never forgotten early */
         }
-        PyObject *task = PyObject_CallNoArgs(ref);
+        PyObject *task = PyObject_CallNoArgs(ref); /* a weakref call runs no Python */
         if (task == NULL) {
-            Py_DECREF(dead);
-            return -1;
+            break;
         }
         Py_DECREF(task);
-        if (task == Py_None && PyList_Append(dead, key) < 0) {
-            Py_DECREF(dead);
-            return -1;
+        if (task == Py_None) {
+            dead[count++] = (MapSlot){map->slots[i].frame, Py_NewRef(info)};
         }
     }
-    for (Py_ssize_t i = 0; i < PyList_Size(dead); i++) {
-        if (PyDict_DelItem(h->task_infos, PyList_GetItem(dead, i)) < 0) {
-            Py_DECREF(dead);
-            return -1;
+    /* Freeing a TaskInfo can run Python (its creator span's frame...), which can change
+     * the map: each entry goes only if it still holds that very TaskInfo. */
+    for (size_t i = 0; i < count; i++) {
+        if (map_discard(map, dead[i].frame, dead[i].span)) {
+            ((TaskInfo *)dead[i].span)->task = NULL;
         }
+        Py_DECREF(dead[i].span);
     }
-    Py_DECREF(dead);
-    Py_ssize_t left = PyDict_Size(h->task_infos);
-    h->sweep_infos_at = left * 2 > SWEEP_INFOS_AT ? left * 2 : SWEEP_INFOS_AT;
+    PyMem_Free(dead);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    size_t left = map->used;
+    h->sweep_infos_at = left * 2 > SWEEP_INFOS_AT ? (Py_ssize_t)left * 2 : SWEEP_INFOS_AT;
     return 0;
 }
 
@@ -164,11 +166,7 @@ sweep_infos(Hooks *h)
 AI_INTERNAL PyObject *
 info_for(Hooks *h, PyObject *task)
 {
-    PyObject *key = PyLong_FromVoidPtr(task);
-    if (key == NULL) {
-        return NULL;
-    }
-    PyObject *info = PyDict_GetItemWithError(h->task_infos, key);
+    PyObject *info = map_get(h->task_infos, task);
     if (info != NULL) {
         PyObject *ref = info_ref(h, info);
         PyObject *referent = ref == NULL      ? NULL
@@ -176,22 +174,15 @@ info_for(Hooks *h, PyObject *task)
                                               : PyObject_CallNoArgs(ref);
         Py_XDECREF(ref);
         if (referent == NULL) {
-            Py_DECREF(key);
             return NULL;
         }
         Py_DECREF(referent); /* compared by identity only; `task` holds it */
         if (referent == task) {
-            Py_DECREF(key);
             return Py_NewRef(info);
         }
     }
-    else if (PyErr_Occurred()) {
-        Py_DECREF(key);
-        return NULL;
-    }
     info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, Py_None, 0);
     if (info == NULL) {
-        Py_DECREF(key);
         return NULL;
     }
     h->tasks_seen++;
@@ -206,16 +197,15 @@ info_for(Hooks *h, PyObject *task)
     PyObject *none = ((TaskInfo *)info)->ref;
     ((TaskInfo *)info)->ref = ref;
     Py_DECREF(none);
-    if (PyDict_Size(h->task_infos) >= h->sweep_infos_at && sweep_infos(h) < 0) {
+    if ((Py_ssize_t)h->task_infos->used >= h->sweep_infos_at && sweep_infos(h) < 0) {
         goto fail;
     }
-    if (PyDict_SetItem(h->task_infos, key, info) < 0) {
+    if (map_put(h->task_infos, task, info) < 0) {
         goto fail;
     }
-    Py_DECREF(key);
+    ((TaskInfo *)info)->task = task; /* not in `hooks`' care: no callback to forget it */
     return info;
 fail:
-    Py_DECREF(key);
     Py_DECREF(info);
     return NULL;
 }

@@ -117,6 +117,23 @@ map_pop(SpanMap *map, PyObject *frame)
     return span;
 }
 
+/* Put an empty table of MAP_MIN slots in place of `map`'s (now empty in its count); return
+ * the old table, for the caller to free; NULL, nothing changed, if out of memory (no
+ * exception set: map_discard may run while one is pending). */
+static MapSlot *
+swap_in_small_table(SpanMap *map)
+{
+    MapSlot *slots = PyMem_Calloc(MAP_MIN, sizeof(MapSlot));
+    if (slots == NULL) {
+        return NULL;
+    }
+    MapSlot *old = map->slots;
+    map->slots = slots;
+    map->capacity = MAP_MIN;
+    map->used = 0;
+    return old;
+}
+
 /* del map[key] if it maps to `value` (1 if so): a weak-keyed map's owner forgetting its
  * entry. A map so emptied gives its grown table back: a burst of tasks would leave it at
  * its peak. */
@@ -129,12 +146,7 @@ map_discard(SpanMap *map, PyObject *key, PyObject *value)
     }
     PyObject *gone = map_pop(map, key);
     if (map->used == 0 && map->capacity > MAP_MIN) {
-        MapSlot *small = PyMem_Calloc(MAP_MIN, sizeof(MapSlot));
-        if (small != NULL) { /* else keep the big one: nothing is lost */
-            PyMem_Free(map->slots);
-            map->slots = small;
-            map->capacity = MAP_MIN;
-        }
+        PyMem_Free(swap_in_small_table(map)); /* if out of memory, the big one stays */
     }
     Py_XDECREF(gone);
     return 1;
@@ -144,16 +156,12 @@ map_discard(SpanMap *map, PyObject *key, PyObject *value)
 static int
 map_clear(SpanMap *map)
 {
-    MapSlot *old = map->slots;
     size_t old_capacity = map->capacity;
-    MapSlot *slots = PyMem_Calloc(MAP_MIN, sizeof(MapSlot));
-    if (slots == NULL) {
+    MapSlot *old = swap_in_small_table(map);
+    if (old == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    map->slots = slots;
-    map->capacity = MAP_MIN;
-    map->used = 0;
     for (size_t i = 0; i < old_capacity; i++) {
         if (!map->weak_keys) {
             Py_XDECREF(old[i].frame);

@@ -23,8 +23,8 @@ new_task_info(PyTypeObject *type, int64_t task_id, PyObject *creator, int64_t cr
 }
 
 /* del dict[key] if it maps to `value`. A map so emptied gives its table back: dicts never
- * shrink, and a burst of tasks would leave task_frames' and task_infos' tables at their
- * peak size for good. */
+ * shrink, and a burst of tasks would leave task_frames' table at its peak size for good
+ * (task_infos, a SpanMap, does the same in map_discard). */
 AI_INTERNAL int
 discard_key(PyObject *dict, PyObject *key, PyObject *value)
 {

@@ -2,10 +2,12 @@
 
     .venv/bin/python -m benchmarks.overhead [--quick] [--rounds N] [--json FILE]
 
-Every round runs each mode once per workload (baseline first), each as its own target
-process pinned to the target CPU; wrk, the async-inspect CLI, the OTLP receiver and W3's
-backend run on the other CPU. Ratios compare a mode with the baseline of the same round.
-See benchmarks/README.md.
+Every round runs each mode once per workload, side by side with a plain baseline: both
+targets pinned to the target CPU, both loaded at the same time (each by its own wrk), so
+whatever else the machine does slows both alike, and each ratio compares the two. wrk, the
+async-inspect CLI, the OTLP receiver and W3's backend run on the other CPU. With
+--one-at-a-time, each target runs alone and a mode is compared with the baseline of its
+round. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from .harness import add_run_options, run_children
 from .modes import MODES, ModeContext
 from .procs import Children
 from .receiver import Receiver
-from .runner import Sample, measure_once
+from .runner import Sample, measure_once, measure_pair
 from .summary import BASELINE, ModeSummary, summarize
 from .table import render
 from .workloads import Chains, Http, Service, Workload
 
 DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport", "attached",
                  "after-detach", "peer-otel", "busy-neighbour", "noop-tracer")  # fmt: skip
+# busy-neighbour is the control of one-at-a-time runs, where the CLI's load on the other CPU
+# reaches only the target under test; side by side it reaches both targets alike.
+ONE_AT_A_TIME_ONLY = ("busy-neighbour",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated (W1,W2,W3)")
     parser.add_argument(
         "--modes",
-        default=",".join(DEFAULT_MODES),
-        help=f"comma-separated, baseline always runs (known: {', '.join(MODES)})",
+        help="comma-separated, baseline always runs (default: "
+        f"{','.join(DEFAULT_MODES)}, without {','.join(ONE_AT_A_TIME_ONLY)} side by side; "
+        f"known: {', '.join(MODES)})",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="each target alone on its CPU, compared with the baseline of its round "
+        "(default: side by side with a plain baseline, loaded at the same time)",
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter of the targets")
     parser.add_argument("--target-cpu", type=int, default=0, help="CPU of the target (0)")
@@ -103,7 +115,11 @@ def build_workloads(args: argparse.Namespace) -> list[Workload]:
 
 
 def build_modes(args: argparse.Namespace) -> list[str]:
-    wanted = [name.strip() for name in args.modes.split(",") if name.strip()]
+    if args.modes is None:
+        skip = () if args.one_at_a_time else ONE_AT_A_TIME_ONLY
+        wanted = [name for name in DEFAULT_MODES if name not in skip]
+    else:
+        wanted = [name.strip() for name in args.modes.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in MODES]
     if unknown:
         raise SystemExit(f"unknown mode(s): {', '.join(unknown)} (known: {', '.join(MODES)})")
@@ -135,7 +151,8 @@ def preflight(args: argparse.Namespace, workloads: list[Workload], modes: list[s
 
 def progress(sample: Sample, rounds: int) -> None:
     """One line per measurement on stderr, so a long run shows it is alive."""
-    head = f"[round {sample.round}/{rounds} {sample.workload} {sample.mode:<12}]"
+    mode = f"{sample.mode} (beside)" if sample.reference else sample.mode
+    head = f"[round {sample.round}/{rounds} {sample.workload} {mode:<12}]"
     if not sample.ok:
         print(f"{head} FAILED: {sample.error}", file=sys.stderr, flush=True)
         return
@@ -164,29 +181,43 @@ def run_rounds(
     rounds: int,
     children: Children,
 ) -> list[Sample]:
-    """Interleaved A/B: every round runs each workload in every mode, baseline first."""
+    """Interleaved A/B: every round runs each workload in every mode (side by side with a
+    plain baseline, or one at a time with the baseline first)."""
     receiver = Receiver.start(children, collector_cpu(args))
     print(f"OTLP receiver at {receiver.endpoint}", file=sys.stderr, flush=True)
     for workload in workloads:
         workload.prepare(children)
     samples: list[Sample] = []
+
+    def context(workload: Workload, service: str, round_no: int) -> ModeContext:
+        return ModeContext(
+            python=args.python,
+            endpoint=receiver.endpoint,
+            service=f"bench-{workload.name}-{service}-r{round_no}",
+            target_cpu=args.target_cpu,
+            collector_cpu=collector_cpu(args),
+            load_cpu=args.load_cpu,
+            children=children,
+            receiver=receiver,
+            round=round_no,
+        )
+
     for round_no in range(1, rounds + 1):
         for workload in workloads:
             for mode in modes_for(workload, modes):
-                ctx = ModeContext(
-                    python=args.python,
-                    endpoint=receiver.endpoint,
-                    service=f"bench-{workload.name}-{mode}-r{round_no}",
-                    target_cpu=args.target_cpu,
-                    collector_cpu=collector_cpu(args),
-                    load_cpu=args.load_cpu,
-                    children=children,
-                    receiver=receiver,
-                    round=round_no,
-                )
-                sample = measure_once(workload, MODES[mode], ctx, receiver, round_no)
-                progress(sample, rounds)
-                samples.append(sample)
+                if args.one_at_a_time:
+                    ctx = context(workload, mode, round_no)
+                    pair: tuple[Sample, ...] = (
+                        measure_once(workload, MODES[mode], ctx, receiver, round_no),
+                    )
+                else:
+                    contexts = (context(workload, f"{mode}-ref", round_no),
+                                context(workload, mode, round_no))  # fmt: skip
+                    pair = measure_pair(workload, (MODES[BASELINE], MODES[mode]), contexts,
+                                        receiver, round_no, len(samples) + 1)  # fmt: skip
+                for sample in pair:
+                    progress(sample, rounds)
+                samples.extend(pair)
     return samples
 
 
@@ -233,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     def body(children: Children, logs: Path) -> None:
         samples.extend(run_rounds(args, workloads, modes, rounds, children))
 
+    how = "one at a time" if args.one_at_a_time else "side by side with a plain baseline"
     banner = (
-        f"{rounds} rounds x {len(workloads)} workloads x {len(modes)} modes; target on CPU "
+        f"{rounds} rounds x {len(workloads)} workloads x {len(modes)} modes, {how}; target on CPU "
         f"{args.target_cpu}, wrk on CPU {args.load_cpu}, CLI and receiver on "
         f"{'any CPU' if where is None else f'CPU {where}'}\n"
     )

@@ -1,4 +1,5 @@
-"""From samples to per-mode figures: each mode's ratio to the baseline of the same round."""
+"""From samples to per-mode figures: each mode's ratio to its baseline: the plain target that
+ran beside it (side by side), or the baseline of the same round (one at a time)."""
 
 from __future__ import annotations
 
@@ -77,39 +78,83 @@ def summarize(
 ) -> list[ModeSummary]:
     """One ModeSummary per mode of `workload`, in `modes` order."""
     mine = [s for s in samples if s.workload == workload]
-    baselines = {s.round: s for s in mine if s.mode == BASELINE and s.ok}
-    return [_summarize_mode(mine, baselines, workload, mode, metrics) for mode in modes]
+    return [_summarize_mode(mine, workload, mode, metrics) for mode in modes]
+
+
+def baseline_of(samples: Sequence[Sample], sample: Sample) -> Sample | None:
+    """The baseline `sample` is compared to: its pair's reference when it ran side by side,
+    else the baseline of its round; None if that one failed."""
+    for other in samples:
+        if not other.ok or other is sample or other.mode != BASELINE:
+            continue
+        if sample.pair and other.pair == sample.pair and other.reference:
+            return other
+        if not sample.pair and not other.pair and other.round == sample.round:
+            return other
+    return None
 
 
 def _summarize_mode(
-    samples: Sequence[Sample],
-    baselines: dict[int, Sample],
-    workload: str,
-    mode: str,
-    metrics: Sequence[Metric],
+    samples: Sequence[Sample], workload: str, mode: str, metrics: Sequence[Metric]
 ) -> ModeSummary:
-    runs = [s for s in samples if s.mode == mode]
+    runs = [s for s in samples if s.mode == mode and not s.reference]
     good = [s for s in runs if s.ok]
+    side_by_side = any(s.pair for s in runs)
+    if mode == BASELINE and side_by_side:
+        # Side by side, the baseline row is plain python beside plain python: the noise
+        # floor of the method itself. Its absolute figures are every reference's.
+        references = [s for s in samples if s.mode == mode and s.reference and s.ok]
+        return _summarize_compared(samples, runs, workload, mode, metrics, references)
+    if mode != BASELINE:
+        return _summarize_compared(samples, runs, workload, mode, metrics, good)
     summary = ModeSummary(workload, mode, rounds=len(runs))
     for metric in metrics:
         key = metric.key
         summary.absolute[key] = spread([s.metrics[key] for s in good if key in s.metrics])
-        if mode == BASELINE:
-            # The noise floor: each round's baseline against their median.
-            middle = summary.absolute[key]
-            summary.ratios[key] = spread(
-                [s.metrics[key] / middle.median for s in good if key in s.metrics]
-                if middle is not None and middle.median
-                else []
-            )
-            continue
+        # The noise floor: each round's baseline against their median.
+        middle = summary.absolute[key]
+        summary.ratios[key] = spread(
+            [s.metrics[key] / middle.median for s in good if key in s.metrics]
+            if middle is not None and middle.median
+            else []
+        )
+    return _finish(summary, runs, good)
+
+
+def _summarize_compared(
+    samples: Sequence[Sample],
+    runs: Sequence[Sample],
+    workload: str,
+    mode: str,
+    metrics: Sequence[Metric],
+    absolute: Sequence[Sample],
+) -> ModeSummary:
+    """A mode against its baselines; its absolute figures are those of `absolute`."""
+    good = [s for s in runs if s.ok]
+    summary = ModeSummary(workload, mode, rounds=len(runs))
+    pairs = [(s, baseline_of(samples, s)) for s in good]
+    for metric in metrics:
+        key = metric.key
+        summary.absolute[key] = spread([s.metrics[key] for s in absolute if key in s.metrics])
         summary.ratios[key] = spread(
             [
-                s.metrics[key] / baselines[s.round].metrics[key]
-                for s in good
-                if key in s.metrics and s.round in baselines and baselines[s.round].metrics.get(key)
+                s.metrics[key] / base.metrics[key]
+                for s, base in pairs
+                if base is not None and key in s.metrics and base.metrics.get(key)
             ]
         )
+    summary = _finish(summary, runs, good)
+    pairs_run = {s.pair for s in runs if s.pair}
+    summary.failures += [
+        f"round {s.round}, the plain target beside it: {s.error}"
+        for s in samples
+        if s.reference and s.pair in pairs_run and s.error is not None
+    ]
+    return summary
+
+
+def _finish(summary: ModeSummary, runs: Sequence[Sample], good: Sequence[Sample]) -> ModeSummary:
+    """What every row has besides its ratios: costs, facts, logs, failures, warnings."""
     _add_costs(summary, good)
     for name in sorted({name for s in good for name in s.facts}):
         summary.facts[name] = spread([s.facts[name] for s in good if name in s.facts])

@@ -440,8 +440,8 @@ def test_what_is_kept_of_unseen_tasks_goes_once_they_are_gone(
     alive = [BigUnseen() for _ in range(5000)]
     for task in alive:
         tracker.info_for(task)
-    # THEN only the live ones are kept (the compiled tracker sweeps the others as the map
-    # grows; the Python one forgets each at once), and a live one keeps its TaskInfo
+    # THEN only the live ones are kept (each forgotten as its task was freed), and a live
+    # one keeps its TaskInfo
     assert len(tracker._task_infos) == 5000
     assert tracker.info_for(alive[0]) is tracker.info_for(alive[0])
     assert tracker.tasks_seen == 8000

@@ -23,10 +23,6 @@
 /* Times are ns since boot: longs on Linux's LP64, whose conversions are the fast ones. */
 _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 
-/* Tasks the factory did not see get no weakref callback; _task_infos is swept of dead
- * ones when it has grown this much (and twice its size after the last sweep). */
-#define SWEEP_INFOS_AT 1024
-
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
 #define ABI_VERSION 5
 
@@ -114,7 +110,6 @@ typedef struct {
     int last_kind;
     Span *last_span;
     int64_t last_t;
-    Py_ssize_t sweep_infos_at; /* _task_infos size that makes us drop its dead tasks */
     double ratio;
     int parent_based;
     int factory_checks;

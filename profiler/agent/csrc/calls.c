@@ -118,7 +118,6 @@ Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
     meter_reset(&h->meters);
     h->wakes.used = 0;
     h->factory_checks = 0;
-    h->sweep_infos_at = SWEEP_INFOS_AT;
     h->running = 0;
     h->last_kind = LAST_NONE;
     Py_CLEAR(h->last_loop);

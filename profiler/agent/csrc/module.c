@@ -205,7 +205,6 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     h->parent_based = parent_based != 0;
     h->next_span_id = h->next_task_id = 1;
-    h->sweep_infos_at = SWEEP_INFOS_AT;
     if (!(h->info_type = PyObject_GetAttrString(module, "TaskInfo"))
         || !(h->span_type = PyObject_GetAttrString(module, "Span"))
         || !(h->walked_codes = PyList_New(0))) {

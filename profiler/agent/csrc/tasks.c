@@ -116,53 +116,11 @@ task_bound(Hooks *h, PyObject *info_obj, PyObject *task, PyObject *coro)
     return 0;
 }
 
-/* Drop the entries of tasks that are gone from task_infos (those of tasks the factory did
- * not see, which have no weakref callback; others are gone already or soon). */
-static int
-sweep_infos(Hooks *h)
-{
-    SpanMap *map = h->task_infos;
-    MapSlot *dead = PyMem_Malloc((map->used + 1) * sizeof(MapSlot)); /* (task, info) */
-    size_t count = 0;
-    if (dead == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (size_t i = 0; i < map->capacity; i++) {
-        PyObject *info = map->slots[i].span;
-        PyObject *ref = info != NULL && is_task_info(h, info) ? ((TaskInfo *)info)->ref : NULL;
-        if (ref == NULL || ref == Py_None) {
-            continue; /* not ours, or no weakref support: never forgotten early */
-        }
-        PyObject *task = PyObject_CallNoArgs(ref); /* a weakref call runs no Python */
-        if (task == NULL) {
-            break;
-        }
-        Py_DECREF(task);
-        if (task == Py_None) {
-            dead[count++] = (MapSlot){map->slots[i].frame, Py_NewRef(info)};
-        }
-    }
-    /* Freeing a TaskInfo can run Python (its creator span's frame...), which can change
-     * the map: each entry goes only if it still holds that very TaskInfo. */
-    for (size_t i = 0; i < count; i++) {
-        if (map_discard(map, dead[i].frame, dead[i].span)) {
-            ((TaskInfo *)dead[i].span)->task = NULL;
-        }
-        Py_DECREF(dead[i].span);
-    }
-    PyMem_Free(dead);
-    if (PyErr_Occurred()) {
-        return -1;
-    }
-    size_t left = map->used;
-    h->sweep_infos_at = left * 2 > SWEEP_INFOS_AT ? (Py_ssize_t)left * 2 : SWEEP_INFOS_AT;
-    return 0;
-}
-
-/* Tracker.info_for: the TaskInfo of a task the factory did not see. Unlike Python's, its
- * weak reference has no callback (a server makes one such task per request): the entry
- * of a task that is gone is replaced if its id comes back, and swept now and then. */
+/* Tracker.info_for: the TaskInfo of a task the factory did not see, bound as task_bound
+ * binds the factory's: its weak reference calls it back when the task is freed, and its
+ * entry goes at once. A server makes one such task per request; against dead entries left
+ * for a sweep every 1,024, the callback costs a W2 request nothing measurable (side by
+ * side: 1.00 [0.96-1.04] at 1 % sampling, 1.00 [0.96-1.02] at full capture). */
 AI_INTERNAL PyObject *
 info_for(Hooks *h, PyObject *task)
 {
@@ -186,28 +144,11 @@ info_for(Hooks *h, PyObject *task)
         return NULL;
     }
     h->tasks_seen++;
-    PyObject *ref = PyWeakref_NewRef(task, NULL);
-    if (ref == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
-            goto fail;
-        }
-        PyErr_Clear(); /* a task class without weakref support: kept until cleared */
-        ref = Py_NewRef(Py_None);
+    if (task_bound(h, info, task, Py_None) < 0) {
+        Py_DECREF(info);
+        return NULL;
     }
-    PyObject *none = ((TaskInfo *)info)->ref;
-    ((TaskInfo *)info)->ref = ref;
-    Py_DECREF(none);
-    if ((Py_ssize_t)h->task_infos->used >= h->sweep_infos_at && sweep_infos(h) < 0) {
-        goto fail;
-    }
-    if (map_put(h->task_infos, task, info) < 0) {
-        goto fail;
-    }
-    ((TaskInfo *)info)->task = task; /* not in `hooks`' care: no callback to forget it */
     return info;
-fail:
-    Py_DECREF(info);
-    return NULL;
 }
 
 /* Tracker._current_task_info: a new reference to a TaskInfo, or to None. */

@@ -48,6 +48,7 @@ from .spans import (
     END,
     EVENTS,
     EVENTS_DROPPED,
+    FLAGS,
     ID,
     LINK,
     PARENT,
@@ -326,7 +327,9 @@ class Tracker:
         if len(self.open) >= self._max_open:
             self._drop("open_span_limit")
             return None
-        parent, info, same_task = where if where is not None else self._find_parent(frame)
+        parent, info, same_task, unseen = (
+            (*where, None) if where is not None else self._find_parent(frame)
+        )
         span_id = self._span_ids()
         remote = None
         if parent is not None and t - parent[START] <= self._split_ns:
@@ -345,15 +348,21 @@ class Tracker:
                 sampled = app_parent[2] if self.settings.parent_based else self._sample(code_id)
             else:
                 sampled = self._sample(code_id)
+        if unseen is not None and sampled:  # recorded: the task gets its TaskInfo
+            info = self.info_for(unseen)
         if same_task:
             assert parent is not None
             task_id, thread = parent[TASK], parent[THREAD]
+            if not task_id and sampled:  # a sampled split from an unsampled unseen task's span
+                task_id = self.running_task_id()
         else:
             task_id = info.id if info is not None else 0
             thread = _native_thread()
             if info is not None:
                 flags |= wire.FLAG_TASK_ROOT
                 info.thread = thread
+        if unseen is not None:
+            flags |= wire.FLAG_TASK_ROOT  # counted as a task's first span, TaskInfo or not
         span = self._new_span(
             span_id, parent_id, trace, task_id, code_id, thread, t, flags, sampled,
             parent if same_task else None, info if not same_task else None,
@@ -365,37 +374,41 @@ class Tracker:
         if same_task:
             assert parent is not None
             parent[CHILD] = span
-        elif info is not None:  # a task's first span: found again in `open` by task_counts
+        if flags & wire.FLAG_TASK_ROOT:  # a task's first span: found again in `open` by task_counts
             self.meters.tasks_created += 1
         self.open[frame] = span
         return span
 
-    def _find_parent(self, frame: FrameType) -> tuple[S.Span | None, S.TaskInfo | None, bool]:
-        """(parent span, task info, whether the parent awaits us in the same task).
+    def _find_parent(
+        self, frame: FrameType
+    ) -> tuple[S.Span | None, S.TaskInfo | None, bool, Any | None]:
+        """(parent span, task info, whether the parent awaits us in the same task, and for
+        the first span of a task the factory did not see, that task: `_open` gives it a
+        TaskInfo only once one of its spans is sampled).
 
         The compiled callbacks skip the walk below while no span runs (a frame on a stack is
         running, so nothing could be found); this one always walks, and the parity test
         holds the two to the same spans."""
         info = self._task_frames.pop(frame, None)
         if info is not None:  # this coroutine is the task's own: a task root
-            return info.creator, info, False
+            return info.creator, info, False, None
         back = frame.f_back
         for _ in range(_MAX_WALK):
             if back is None:
                 break
             span = self.open.get(back)
             if span is not None:
-                return span, None, True
+                return span, None, True, None
             info = self._task_frames.get(back)
             if info is not None:  # a library coroutine runs the task; we are its first app span
-                return info.creator, info, False
+                return info.creator, info, False, None
             if not back.f_code.co_flags & _CHAIN_FLAGS:
                 break  # left the await chain (the event loop called the task's step)
             back = back.f_back
         # A task our factory did not see. If it started eagerly, its creator is still on
         # the stack below (create_task -> factory -> first step); if the event loop called
         # its step, nothing of ours is below and the search stops right there.
-        return self.find_open_span(back), self._current_task_info(), False
+        return self.find_open_span(back), None, False, self._running_task()
 
     def _sample(self, code_id: int) -> bool:
         ratio = self._code_rates.get(code_id, self._ratio)
@@ -433,7 +446,7 @@ class Tracker:
         if parent is not None and parent[CHILD] is span:
             parent[CHILD] = None
         self.meters.span_finished(span, state, t, parent is None)
-        if span[TASK_INFO] is not None:  # a task's first span: the task is done
+        if span[FLAGS] & wire.FLAG_TASK_ROOT:  # a task's first span: the task is done
             self.meters.task_finished(state)
         if not span[SAMPLED]:
             return
@@ -471,7 +484,14 @@ class Tracker:
     def task_created(self, coro: Any, task_creator_frame: FrameType | None) -> S.TaskInfo:
         """Called by the task factory before the task exists (an eager task starts inside)."""
         creator = self.find_open_span(task_creator_frame)
+        creator_task = creator[TASK] if creator is not None else 0
+        if creator is not None and not creator_task and not creator[SAMPLED]:
+            # Unsampled, in a task the factory did not see: no TaskInfo was made for it.
+            # The creator runs in the task running now; its id is what a sampled
+            # descendant shows.
+            creator_task = self.running_task_id()
         info = S.TaskInfo(self._task_ids(), creator)
+        info.creator_task = creator_task
         self.tasks_seen += 1
         frame = getattr(coro, "cr_frame", None)
         if frame is not None:
@@ -495,7 +515,7 @@ class Tracker:
         if frame is not None:
             self._task_frames.pop(frame, None)
 
-    def _current_task_info(self) -> S.TaskInfo | None:
+    def _running_task(self) -> Any | None:
         loop = _running_loop()
         if loop is None:
             return None
@@ -507,8 +527,12 @@ class Tracker:
             if self.on_new_loop is not None:
                 self.on_new_loop(loop)
         self._factory_checks -= 1
-        task = _current_task(loop)
-        return self.info_for(task) if task is not None else None
+        return _current_task(loop)
+
+    def running_task_id(self) -> int:
+        """The id of the task running now (its TaskInfo made if need be), 0 if none."""
+        task = self._running_task()
+        return self.info_for(task).id if task is not None else 0
 
     def info_for(self, task: Any) -> S.TaskInfo:
         """The TaskInfo of a task the factory did not see (created before we started)."""
@@ -598,7 +622,7 @@ class Tracker:
         """(live tasks, running tasks, the earliest time one of them resumed or 0), from the
         open spans: a task is live while its first span is open. A walk at each stats frame
         costs less than a map of task roots kept up to date for every task."""
-        roots = [span for span in list(self.open.values()) if span[TASK_INFO] is not None]
+        roots = [span for span in list(self.open.values()) if span[FLAGS] & wire.FLAG_TASK_ROOT]
         resumed = [span[RESUMED] for span in roots if span[RESUMED]]
         return len(roots), len(resumed), min(resumed, default=0)
 

@@ -313,8 +313,17 @@ AI_INTERNAL PyObject *find_open_span(Hooks *h, PyObject *frame);
 AI_INTERNAL PyObject *info_for(Hooks *h, PyObject *task);
 AI_INTERNAL PyObject *task_created(Hooks *h, PyObject *coro, PyObject *frame);
 AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro);
-AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent,
-                            PyObject **info, int *same_task);
+/* Where a new span belongs (find_parent), as new references: its parent span or None; the
+ * TaskInfo of the task it is the first span of, or None; for the first span of a task the
+ * factory did not see, that task (`unseen`, given a TaskInfo only once one of its spans is
+ * sampled: open_span), else None; and whether the parent awaits it in the same task. */
+typedef struct {
+    PyObject *parent, *info, *unseen;
+    int same_task;
+} Parentage;
+
+AI_INTERNAL int find_parent(Hooks *h, PyObject *frame, PyObject *back, Parentage *out);
+AI_INTERNAL int64_t running_task_id(Hooks *h);
 AI_INTERNAL int task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest);
 AI_INTERNAL int pending_task_runs(Hooks *h);
 

@@ -248,26 +248,39 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     if ((int64_t)h->open->used >= h->max_open) {
         return drop(h, h->s_open_limit) < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *found, *info;
-    int same_task;
-    if (find_parent(h, frame, back, &found, &info, &same_task) < 0) {
+    Parentage at;
+    if (find_parent(h, frame, back, &at) < 0) {
         return NULL;
     }
     /* Not one of ours (a creator kept by an agent we took over from): no parent. */
-    Span *parent = found != Py_None && is_span(h, found) ? SPAN(found) : NULL;
-    same_task = same_task && parent != NULL;
+    Span *parent = at.parent != Py_None && is_span(h, at.parent) ? SPAN(at.parent) : NULL;
+    int same_task = at.same_task && parent != NULL;
     int64_t flags = 0, span_id = h->next_span_id++, task_id, thread;
     Lineage from = {.sampled = -1};
     PyObject *made = NULL;
     if (lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
         goto done;
     }
+    if (at.unseen != Py_None && from.sampled) { /* recorded: the task gets its TaskInfo */
+        PyObject *info = info_for(h, at.unseen);
+        if (info == NULL) {
+            goto done;
+        }
+        Py_DECREF(at.info);
+        at.info = info;
+    }
     if (same_task) {
         task_id = parent->f[TASK].i;
         thread = parent->f[THREAD].i;
+        if (task_id == 0 && from.sampled && (task_id = running_task_id(h)) < 0) {
+            goto done; /* a sampled split from an unsampled span of an unseen task */
+        }
     }
-    else if (task_of(h, info, &task_id, &thread, &flags) < 0) {
+    else if (task_of(h, at.info, &task_id, &thread, &flags) < 0) {
         goto done;
+    }
+    if (at.unseen != Py_None) {
+        flags |= FLAG_TASK_ROOT; /* counted as a task's first span, TaskInfo or not */
     }
     made = span_new(h, from.sampled);
     if (made == NULL) {
@@ -288,7 +301,7 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     span->link[1] = from.link[1];
     span_set(span, REMOTE, from.remote);
     from.remote = NULL;
-    span_set(span, same_task ? PARENT : TASK_INFO, Py_NewRef(same_task ? found : info));
+    span_set(span, same_task ? PARENT : TASK_INFO, Py_NewRef(same_task ? at.parent : at.info));
     if ((from.sampled && first_poll(span, t) < 0)
         || (from.sampled && (code_flags & AI_CODE_CAPTURE) && capture(h, span, code_id, frame) < 0)
         || map_put(h->open, frame, made) < 0) {
@@ -299,12 +312,13 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
         span_set(parent, CHILD, Py_NewRef(made));
     }
     h->running++;
-    if (!same_task && info != Py_None) { /* found again in `open` by task_counts */
+    if (flags & FLAG_TASK_ROOT) { /* found again in `open` by task_counts */
         h->meters.tasks_created++;
     }
 done:
-    Py_DECREF(found);
-    Py_DECREF(info);
+    Py_DECREF(at.parent);
+    Py_DECREF(at.info);
+    Py_DECREF(at.unseen);
     drop_ref(from.remote);
     return made;
 }
@@ -408,7 +422,7 @@ finish(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
     if (meter_span(h, span, state, t, parent == Py_None, busy) < 0) {
         return -1;
     }
-    if (span->f[TASK_INFO].o != Py_None) { /* a task's first span: the task is done */
+    if (span->f[FLAGS].i & FLAG_TASK_ROOT) { /* a task's first span: the task is done */
         h->meters.tasks_finished[state]++;
     }
     return span->f[SAMPLED].i ? finish_sampled(h, span, state, t, exc) : 0;

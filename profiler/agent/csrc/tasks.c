@@ -59,6 +59,15 @@ task_created(Hooks *h, PyObject *coro, PyObject *frame)
         return NULL;
     }
     int64_t creator_task = is_span(h, creator) ? SPAN(creator)->f[TASK].i : 0;
+    if (creator_task == 0 && is_span(h, creator) && !SPAN(creator)->f[SAMPLED].i) {
+        /* Unsampled, in a task the factory did not see: no TaskInfo was made for it. The
+         * creator runs in the task running now; its id is what a sampled descendant shows. */
+        creator_task = running_task_id(h);
+        if (creator_task < 0) {
+            Py_DECREF(creator);
+            return NULL;
+        }
+    }
     PyObject *info = new_task_info((PyTypeObject *)h->info_type, h->next_task_id++, creator,
                                    creator_task);
     Py_DECREF(creator);
@@ -151,9 +160,9 @@ info_for(Hooks *h, PyObject *task)
     return info;
 }
 
-/* Tracker._current_task_info: a new reference to a TaskInfo, or to None. */
+/* Tracker._running_task: a new reference to the task running now, or to None. */
 static PyObject *
-current_task_info(Hooks *h)
+running_task(Hooks *h)
 {
     PyObject *loop = PyObject_CallNoArgs(h->get_running_loop);
     if (loop == NULL || loop == Py_None) {
@@ -179,12 +188,29 @@ current_task_info(Hooks *h)
     h->factory_checks--;
     PyObject *task = call_one(h->current_task, loop);
     Py_DECREF(loop);
+    return task;
+}
+
+/* Tracker.running_task_id: the id of the task running now (its TaskInfo made if need be),
+ * 0 if none; -1 with an exception. */
+AI_INTERNAL int64_t
+running_task_id(Hooks *h)
+{
+    PyObject *task = running_task(h);
     if (task == NULL || task == Py_None) {
-        return task;
+        Py_XDECREF(task);
+        return task == NULL ? -1 : 0;
     }
     PyObject *info = info_for(h, task);
     Py_DECREF(task);
-    return info;
+    if (info == NULL) {
+        return -1;
+    }
+    int64_t task_id = 0;
+    int failed = is_task_info(h, info) ? (task_id = ((TaskInfo *)info)->id, 0)
+                                       : int_attr(info, NAME(h, id), &task_id);
+    Py_DECREF(info);
+    return failed < 0 ? -1 : task_id;
 }
 
 /* frame.f_code.co_flags & CHAIN_FLAGS, remembered per code object. */
@@ -219,28 +245,28 @@ in_await_chain(Hooks *h, PyObject *frame)
 
 /* The parent of a task's first span when the factory did not see the task: `creator`
  * (a new reference, consumed; the span below that started it eagerly, or None), and the
- * current task's TaskInfo. */
+ * task itself, running now (open_span gives it a TaskInfo if the span is sampled). */
 static int
-unseen_task(Hooks *h, PyObject *creator, PyObject **parent_out, PyObject **info_out)
+unseen_task(Hooks *h, PyObject *creator, Parentage *out)
 {
-    PyObject *info = creator != NULL ? current_task_info(h) : NULL;
-    if (info == NULL) {
+    PyObject *task = creator != NULL ? running_task(h) : NULL;
+    if (task == NULL) {
         Py_XDECREF(creator);
         return -1;
     }
-    *parent_out = creator;
-    *info_out = info;
+    out->parent = creator;
+    out->info = Py_NewRef(Py_None);
+    out->unseen = task;
     return 0;
 }
 
-/* Tracker._find_parent: new references to (parent span or None, TaskInfo or None), and
- * whether the parent awaits us in the same task. `back` is frame.f_back (borrowed), or
- * NULL: no span of ours is running, so none is on the stack and no walk is needed. */
+/* Tracker._find_parent: fills `out` with new references (see Parentage). `back` is
+ * frame.f_back (borrowed), or NULL: no span of ours is running, so none is on the stack
+ * and no walk is needed. */
 AI_INTERNAL int
-find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
-            PyObject **info_out, int *same_task)
+find_parent(Hooks *h, PyObject *frame, PyObject *back, Parentage *out)
 {
-    *same_task = 0;
+    out->same_task = 0;
     /* Tasks created by the factory whose coroutine has not started yet: mostly none. */
     int pending = PyDict_Size(h->task_frames) > 0;
     PyObject *info = pending ? PyDict_GetItemWithError(h->task_frames, frame) : NULL;
@@ -256,24 +282,26 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
             Py_CLEAR(((TaskInfo *)info)->frame); /* nothing left to forget there */
             Py_CLEAR(((TaskInfo *)info)->coro);
         }
-        *parent_out = creator;
-        *info_out = info;
+        out->parent = creator;
+        out->info = info;
+        out->unseen = Py_NewRef(Py_None);
         return 0;
     }
     if (PyErr_Occurred()) {
         return -1;
     }
     if (back == NULL) {
-        return unseen_task(h, Py_NewRef(Py_None), parent_out, info_out);
+        return unseen_task(h, Py_NewRef(Py_None), out);
     }
     Py_INCREF(back);
     for (int i = 0; i < MAX_WALK && back != Py_None; i++) {
         PyObject *span = map_get(h->open, back);
         if (span != NULL) {
             Py_DECREF(back);
-            *parent_out = Py_NewRef(span);
-            *info_out = Py_NewRef(Py_None);
-            *same_task = 1;
+            out->parent = Py_NewRef(span);
+            out->info = Py_NewRef(Py_None);
+            out->unseen = Py_NewRef(Py_None);
+            out->same_task = 1;
             return 0;
         }
         info = pending ? PyDict_GetItemWithError(h->task_frames, back) : NULL;
@@ -283,8 +311,9 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
                 goto fail;
             }
             Py_DECREF(back);
-            *parent_out = creator;
-            *info_out = Py_NewRef(info);
+            out->parent = creator;
+            out->info = Py_NewRef(info);
+            out->unseen = Py_NewRef(Py_None);
             return 0;
         }
         if (PyErr_Occurred()) {
@@ -308,7 +337,7 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, PyObject **parent_out,
      * stack below; if the event loop called its step, find_open_span stops right there. */
     PyObject *creator = find_open_span(h, back);
     Py_DECREF(back);
-    return unseen_task(h, creator, parent_out, info_out);
+    return unseen_task(h, creator, out);
 fail:
     Py_DECREF(back);
     return -1;
@@ -323,7 +352,7 @@ task_counts(Hooks *h, int64_t *live, int64_t *running, int64_t *oldest)
     *live = *running = *oldest = 0;
     for (size_t i = 0; i < h->open->capacity; i++) {
         PyObject *span = h->open->slots[i].span;
-        if (span == NULL || !is_span(h, span) || SPAN(span)->f[TASK_INFO].o == Py_None) {
+        if (span == NULL || !is_span(h, span) || !(SPAN(span)->f[FLAGS].i & FLAG_TASK_ROOT)) {
             continue; /* not a task's first span */
         }
         int64_t resumed = SPAN(span)->f[RESUMED].i;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,12 @@ import psutil
 import pytest
 
 from tests.otlp_receiver import OtlpReceiver
+
+# A suite started in the background by a shell inherits SIGINT ignored, and so would every
+# process it starts: the tests' Ctrl-C (SIGINT to an attach or run session) would reach
+# nothing. With a handler here, each child starts with the default disposition instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = Path(__file__).resolve().parent / "targets"

@@ -38,6 +38,14 @@ class ModeContext:
     children: Children
     receiver: Receiver
     round: int = 1
+    build: str | None = None  # another async-inspect work tree to run the CLI from
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        """Start a process of this mode: from `build` when set (its CLI, hence its agent:
+        `python -m profiler` finds the package in the working directory first)."""
+        if self.build is None:
+            return self.children.start(name, argv)
+        return self.children.start(name, argv, env={"PYTHONPATH": self.build}, cwd=self.build)
 
 
 Check = Callable[[], None]  # raises BenchError when what it checks does not hold
@@ -115,7 +123,7 @@ def otel_peer(ctx: ModeContext, target: list[str]) -> list[str]:
 
 def _start_attach(ctx: ModeContext, pid: int, service: str) -> Child:
     """`async-inspect attach PID` exporting to the receiver; returns once the agent reported."""
-    session = ctx.children.start(
+    session = ctx.start(
         f"attach-{service}",
         cli(ctx, "attach", str(pid), "--endpoint", ctx.endpoint,
             "--service-name", service, "--no-tree"),
@@ -150,7 +158,7 @@ def attach_then_detach(ctx: ModeContext, started: Started, exercise: Exercise) -
         session.signal(signal.SIGINT)
         how = "Ctrl-C"
     else:
-        detach = ctx.children.start(f"detach-{ctx.service}", cli(ctx, "detach", str(pid)))
+        detach = ctx.start(f"detach-{ctx.service}", cli(ctx, "detach", str(pid)))
         status = detach.wait(DETACH_TIMEOUT)
         ctx.children.stop(detach)
         if status != 0:
@@ -189,7 +197,7 @@ NEIGHBOUR = str(Path(__file__).resolve().parent / "targets" / "neighbour.py")
 def busy_neighbour(ctx: ModeContext, started: Started, exercise: Exercise) -> None:
     """A plain target, with a busy loop taking NEIGHBOUR_DUTY of the collector CPU during the
     measurement: what a CLI's CPU use costs the target through the machine alone."""
-    neighbour = ctx.children.start(
+    neighbour = ctx.start(
         f"neighbour-{ctx.service}",
         pinned(ctx.collector_cpu, [sys.executable, NEIGHBOUR, "--duty", NEIGHBOUR_DUTY]),
     )

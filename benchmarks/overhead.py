@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .environment import load_note, write_json
@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated, baseline always runs (default: "
         f"{','.join(DEFAULT_MODES)}, without {','.join(ONE_AT_A_TIME_ONLY)} side by side; "
         f"known: {', '.join(MODES)})",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="side by side, compare each mode with the same mode run from another "
+        "async-inspect work tree (its agent built there) instead of plain python",
     )
     parser.add_argument(
         "--one-at-a-time",
@@ -139,6 +146,11 @@ def preflight(args: argparse.Namespace, workloads: list[Workload], modes: list[s
     for cpu in (args.target_cpu, args.load_cpu, collector_cpu(args)):
         if cpu is not None and cpu not in cpus:
             raise SystemExit(f"CPU {cpu} is not available here (have {sorted(cpus)})")
+    if args.against is not None:
+        if args.one_at_a_time:
+            raise SystemExit("--against compares side by side: drop --one-at-a-time")
+        if not (args.against / "profiler" / "__init__.py").is_file():
+            raise SystemExit(f"--against {args.against}: not an async-inspect work tree")
     if args.target_cpu == args.load_cpu:
         print("warning: target and load share one CPU; ratios will be noisy", file=sys.stderr)
     if shutil.which("taskset") is None:
@@ -211,10 +223,13 @@ def run_rounds(
                         measure_once(workload, MODES[mode], ctx, receiver, round_no),
                     )
                 else:
-                    contexts = (context(workload, f"{mode}-ref", round_no),
-                                context(workload, mode, round_no))  # fmt: skip
-                    pair = measure_pair(workload, (MODES[BASELINE], MODES[mode]), contexts,
-                                        receiver, round_no, len(samples) + 1)  # fmt: skip
+                    reference = context(workload, f"{mode}-ref", round_no)
+                    if args.against is not None and mode != BASELINE:
+                        reference = replace(reference, build=str(args.against))
+                    kinds = (MODES[mode if reference.build else BASELINE], MODES[mode])
+                    contexts = (reference, context(workload, mode, round_no))
+                    pair = measure_pair(workload, kinds, contexts, receiver, round_no,
+                                        len(samples) + 1)  # fmt: skip
                 for sample in pair:
                     progress(sample, rounds)
                 samples.extend(pair)
@@ -264,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     def body(children: Children, logs: Path) -> None:
         samples.extend(run_rounds(args, workloads, modes, rounds, children))
 
-    how = "one at a time" if args.one_at_a_time else "side by side with a plain baseline"
+    how = (
+        "one at a time"
+        if args.one_at_a_time
+        else f"side by side with the build in {args.against}"
+        if args.against is not None
+        else "side by side with a plain baseline"
+    )
     banner = (
         f"{rounds} rounds x {len(workloads)} workloads x {len(modes)} modes, {how}; target on CPU "
         f"{args.target_cpu}, wrk on CPU {args.load_cpu}, CLI and receiver on "

@@ -89,6 +89,7 @@ class Child:
         stderr_path: Path,
         env: Mapping[str, str],
         merge_stderr: bool = False,
+        cwd: str | None = None,
     ):
         self.name = name
         self.argv = argv
@@ -105,6 +106,7 @@ class Child:
                 stderr=subprocess.STDOUT if merge_stderr else stderr,
                 env=dict(env),
                 start_new_session=True,  # its own process group: we kill it whole
+                cwd=cwd,
                 text=True,
                 bufsize=1,
             )
@@ -221,15 +223,15 @@ class Children:
         argv: list[str],
         merge_stderr: bool = False,
         env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Child:
         """Start `argv` (stderr to `<dir>/<n>-<name>.stderr`; with `merge_stderr` also read
-        as lines) with this environment plus `env`, and keep it for teardown."""
+        as lines) with this environment plus `env`, in `cwd` (else ours), and keep it for
+        teardown."""
         self._serial += 1
         stderr_path = self.directory / f"{self._serial:03d}-{name}.stderr"
         try:
-            child = Child(
-                name, argv, stderr_path, {**self.env, **(env or {})}, merge_stderr=merge_stderr
-            )
+            child = Child(name, argv, stderr_path, {**self.env, **(env or {})}, merge_stderr, cwd)
         except OSError as exc:
             raise BenchError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
         if self.nice:

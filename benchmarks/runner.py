@@ -142,9 +142,7 @@ class _Run:
         if self.sample.pair:
             name += "-ref" if self.sample.reference else "-beside"
         try:
-            outer = self.ctx.children.start(
-                name, self.mode.command(self.ctx, self.workload.target())
-            )
+            outer = self.ctx.start(name, self.mode.command(self.ctx, self.workload.target()))
         except BenchError as exc:
             self.sample.error = str(exc)
             return

@@ -83,13 +83,14 @@ def summarize(
 
 def baseline_of(samples: Sequence[Sample], sample: Sample) -> Sample | None:
     """The baseline `sample` is compared to: its pair's reference when it ran side by side,
-    else the baseline of its round; None if that one failed."""
+    else the baseline of its round; None if that one failed or there is none."""
     for other in samples:
-        if not other.ok or other is sample or other.mode != BASELINE:
+        if not other.ok or other is sample:
             continue
         if sample.pair and other.pair == sample.pair and other.reference:
-            return other
-        if not sample.pair and not other.pair and other.round == sample.round:
+            return other  # plain python, or the same mode from another build (--against)
+        alone = not sample.pair and not other.pair
+        if alone and other.round == sample.round and other.mode == BASELINE:
             return other
     return None
 

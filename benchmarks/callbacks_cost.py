@@ -79,7 +79,7 @@ def install(mode: str) -> None:
     tracker.watch_selector_wakeups()
 
 
-async def hello(request: object) -> object:
+async def hello(request: Any) -> Any:
     from aiohttp import web
 
     return web.Response(text="Hello")

@@ -58,7 +58,8 @@ def serve_and_count(mode: str, requests: int, target_cpu: int, load_cpu: int) ->
             line = server.stdout.readline()
         found = re.search(r"pid=(\d+) port=(\d+)", line)
         if found is None:
-            raise SystemExit(f"[{mode}] the server did not start: {server.stderr.read()[-2000:]}")
+            errors = server.stderr.read() if server.stderr is not None else ""
+            raise SystemExit(f"[{mode}] the server did not start: {errors[-2000:]}")
         pid, port = int(found.group(1)), found.group(2)
         load = pinned(
             load_cpu, ["hey", "-n", str(requests), "-c", "50", f"http://127.0.0.1:{port}/"]

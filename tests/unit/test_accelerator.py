@@ -28,6 +28,7 @@ from profiler.agent.tasks import LoopWatcher, adopt_existing
 from profiler.agent.tracker import Tracker
 from profiler.payload import accelerator_binary, agent_modules, payload
 from tests.conftest import INTERPRETERS, interpreter_params
+from tests.unit.tracking import compiled_tracker, python_tracker
 
 COMPILED, WHY = accelerator.available()
 needs_compiled = pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {WHY}")
@@ -207,16 +208,6 @@ def comparable(tracker: Tracker) -> list[tuple[Any, ...]]:
 def unnumbered(text: str | None) -> str | None:
     """`text` with asyncio's task number (counted across runs) taken out."""
     return re.sub(r"\bTask-\d+", "Task-N", text) if text is not None else None
-
-
-def python_tracker(settings: AgentSettings, tool: int) -> Tracker:
-    return Tracker(settings, CodeFilter(settings), tool)
-
-
-def compiled_tracker(settings: AgentSettings, tool: int) -> Tracker:
-    tracker, _ = accelerator.new_tracker(settings, CodeFilter(settings), tool)
-    assert isinstance(tracker, accelerator.AcceleratedTracker)
-    return tracker
 
 
 @needs_compiled

@@ -8,74 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
-import sysconfig
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import pytest
 
 from profiler import wire
 from profiler.agent import accelerator
-from profiler.agent import spans as S
 from profiler.agent.codefilter import CodeFilter
 from profiler.agent.monitoring import Installation, NoFreeToolId, claim_tool_id
 from profiler.agent.settings import AgentSettings
-from profiler.agent.tasks import LoopWatcher
 from profiler.agent.tracker import Tracker
+from tests.unit.tracking import Traced, installed, run_watched
 
-COMPILED, COMPILED_WHY = accelerator.available()
-
-
-def python_tracker(settings: AgentSettings, tool: int) -> Tracker:
-    return Tracker(settings, CodeFilter(settings), tool)
-
-
-def compiled_tracker(settings: AgentSettings, tool: int) -> Tracker:
-    tracker, _ = accelerator.new_tracker(settings, CodeFilter(settings), tool)
-    assert isinstance(tracker, accelerator.AcceleratedTracker)
-    return tracker
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(python_tracker, id="python"),
-        pytest.param(
-            compiled_tracker,
-            id="compiled",
-            marks=pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {COMPILED_WHY}"),
-        ),
-    ]
-)
-def new_tracker(request: pytest.FixtureRequest) -> Callable[[AgentSettings, int], Tracker]:
-    factory: Callable[[AgentSettings, int], Tracker] = request.param
-    return factory
-
-
-class Traced:
-    """Finished spans of one traced run, by name."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-        names = {entry[0]: entry[1] for entry in tracker.all_codes()}
-        self.spans = [S.to_wire(span) for span in tracker.finished]
-        self.name = {s[wire.SPAN_ID]: names[s[wire.SPAN_CODE]] for s in self.spans}
-
-    def named(self, qualname_end: str) -> list[tuple[Any, ...]]:
-        return [s for s in self.spans if self.name[s[wire.SPAN_ID]].endswith(qualname_end)]
-
-    def one(self, qualname_end: str) -> tuple[Any, ...]:
-        (found,) = self.named(qualname_end)
-        return found
-
-    def parent_name(self, span: tuple[Any, ...]) -> str | None:
-        return self.name.get(span[wire.SPAN_PARENT])
-
-    def events(self, span: tuple[Any, ...]) -> list[str]:
-        flat = span[wire.SPAN_EVENTS]
-        return [wire.EVENT_NAMES[flat[i]] for i in range(0, len(flat), 3)]
+pytestmark = pytest.mark.usefixtures("tool_ids_are_freed")
 
 
 class Trace(Protocol):
@@ -90,12 +38,6 @@ def trace(new_tracker: Callable[[AgentSettings, int], Tracker]) -> Trace:
         return Traced(tracker)
 
     return run
-
-
-@pytest.fixture(autouse=True)
-def tool_ids_are_freed() -> Iterator[None]:
-    yield
-    assert sys.monitoring.get_tool(sys.monitoring.PROFILER_ID) is None
 
 
 async def leaf() -> int:
@@ -270,12 +212,6 @@ def test_a_broken_callback_never_raises_into_the_app() -> None:
     assert tracker.internal_errors > 0 and "NoneType" in tracker.last_error
 
 
-def installed(tracker: Tracker) -> Installation:
-    installation = Installation(tracker.tool, tracker)
-    installation.install()
-    return installation
-
-
 def test_a_failing_decision_never_raises_into_the_app(
     new_tracker: Callable[[AgentSettings, int], Tracker],
 ) -> None:
@@ -370,176 +306,6 @@ def test_what_is_kept_per_task_goes_with_the_task(
     ), kept
 
 
-LIBRARY_CALLER = """
-async def call_twice(first, second):
-    return [await first(), await second()]
-"""
-
-
-def library_call_twice() -> Any:
-    """An `async def` the code filter takes for the standard library's, as the coroutine of
-    aiohttp's request tasks is library code: it awaits two of ours, one after the other."""
-    path = os.path.join(sysconfig.get_paths()["stdlib"], "async_inspect_test_library.py")
-    namespace: dict[str, Any] = {}
-    exec(compile(LIBRARY_CALLER, path, "exec"), namespace)
-    return namespace["call_twice"]
-
-
-async def quick() -> int:
-    return 1
-
-
-def test_a_task_the_factory_never_saw_keeps_one_id(
-    new_tracker: Callable[[AgentSettings, int], Tracker],
-) -> None:
-    # GIVEN tasks made as aiohttp makes its request tasks (asyncio.Task itself, no task
-    # factory), each running library code that awaits two of ours
-    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
-    call_twice = library_call_twice()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for _ in range(3000):
-            await asyncio.Task(call_twice(quick, quick), loop=loop)
-
-    run_watched(tracker, main)
-    # THEN both spans of a task carry its id, and each task has its own
-    by_task: dict[int, int] = {}
-    for span in Traced(tracker).named("quick"):
-        by_task[span[wire.SPAN_TASK]] = by_task.get(span[wire.SPAN_TASK], 0) + 1
-    assert len(by_task) == 3000 and set(by_task.values()) == {2}
-
-
-def test_unsampled_unseen_tasks_get_no_task_info_yet_are_counted(
-    new_tracker: Callable[[AgentSettings, int], Tracker],
-) -> None:
-    # GIVEN aiohttp's kind of request tasks (asyncio.Task itself, no task factory), some
-    # still running when the metrics are read, traced with every trace sampled, then with
-    # none
-    call_twice = library_call_twice()
-
-    def run(ratio: float) -> tuple[Tracker, dict[str, Any]]:
-        tracker = new_tracker(
-            AgentSettings(sample_ratio=ratio), claim_tool_id("async-inspect-test")
-        )
-        read: dict[str, Any] = {}
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for _ in range(300):
-                await asyncio.Task(call_twice(quick, quick), loop=loop)
-            gate = asyncio.Event()
-            waiting = [asyncio.Task(call_twice(blocked_on(gate), quick), loop=loop)
-                       for _ in range(7)]  # fmt: skip
-            await asyncio.sleep(0.01)
-            read.update(tracker.metrics())
-            gate.set()
-            await asyncio.gather(*waiting)
-
-        run_watched(tracker, main)
-        return tracker, read
-
-    every, counted_every = run(1.0)
-    none, counted_none = run(0.0)
-    # THEN with none sampled, no TaskInfo was made for them (the main task's neither), and
-    # the tasks are counted all the same: made, live, finished
-    assert every.tasks_seen >= 307
-    assert none.tasks_seen <= 2  # asyncio.run's own clean-up tasks, through the factory
-    for key in ("tasks_created", "tasks_live", "tasks_finished"):
-        assert counted_none[key] == counted_every[key], key
-    assert counted_none["tasks_live"] == 8  # the 7 waiting, and main's own
-    assert none.metrics()["tasks_finished"] == every.metrics()["tasks_finished"]
-
-
-def blocked_on(gate: asyncio.Event) -> Callable[[], Coroutine[Any, Any, bool]]:
-    async def waits() -> bool:
-        return await gate.wait()
-
-    return waits
-
-
-async def late_child() -> int:
-    return 1
-
-
-async def made_late() -> int:
-    return 1
-
-
-async def long_root() -> None:
-    await asyncio.sleep(0.03)  # now older than split_after: what it starts is a new trace
-    await late_child()
-    await late_child()
-    await asyncio.create_task(made_late())
-
-
-def test_a_sampled_span_below_an_unseen_tasks_unsampled_span_shows_the_task(
-    new_tracker: Callable[[AgentSettings, int], Tracker],
-) -> None:
-    # GIVEN unseen tasks whose long-lived span is not sampled, while the new traces it
-    # starts (its children and a task it creates, once it is older than split_after) are
-    rules = ({"match": "*:long_root", "sample_rate": 0.0},
-             {"match": "*:late_child", "sample_rate": 1.0},
-             {"match": "*:made_late", "sample_rate": 1.0})  # fmt: skip
-    settings = AgentSettings(split_after=0.01, rules=rules)
-    tracker = new_tracker(settings, claim_tool_id("async-inspect-test"))
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(asyncio.Task(long_root(), loop=loop),
-                             asyncio.Task(long_root(), loop=loop))  # fmt: skip
-
-    run_watched(tracker, main)
-    traced = Traced(tracker)
-    # THEN the children carry their task's id, and the task made below shows it as creator
-    assert not traced.named("long_root")
-    by_task: dict[int, int] = {}
-    for span in traced.named("late_child"):
-        by_task[span[wire.SPAN_TASK]] = by_task.get(span[wire.SPAN_TASK], 0) + 1
-    assert len(by_task) == 2 and 0 not in by_task and set(by_task.values()) == {2}
-    made = traced.named("made_late")
-    assert sorted(span[wire.SPAN_PARENT_TASK] for span in made) == sorted(by_task)
-
-
-class Unseen:
-    """A stand-in for a task the factory never saw: weakly referable, no coroutine."""
-
-    __slots__ = ("__weakref__",)
-
-    def get_coro(self) -> None:
-        return None
-
-
-class BigUnseen(Unseen):
-    __slots__ = tuple(f"slot{n}" for n in range(40))  # another size: no address reused
-
-
-def test_what_is_kept_of_unseen_tasks_goes_once_they_are_gone(
-    new_tracker: Callable[[AgentSettings, int], Tracker],
-) -> None:
-    # GIVEN 3000 unseen tasks given a TaskInfo, then gone
-    tool = claim_tool_id("async-inspect-test")
-    tracker = new_tracker(AgentSettings(), tool)
-    sys.monitoring.free_tool_id(tool)  # never installed: only its maps are used
-    gone = [Unseen() for _ in range(3000)]
-    for task in gone:
-        tracker.info_for(task)
-    assert len(tracker._task_infos) == 3000
-    del gone, task
-    gc.collect()
-    # WHEN 5000 others (alive) get theirs
-    alive = [BigUnseen() for _ in range(5000)]
-    for task in alive:
-        tracker.info_for(task)
-    # THEN only the live ones are kept (each forgotten as its task was freed), and a live
-    # one keeps its TaskInfo
-    assert len(tracker._task_infos) == 5000
-    assert tracker.info_for(alive[0]) is tracker.info_for(alive[0])
-    assert tracker.tasks_seen == 8000
-    tracker.clear()
-    assert len(tracker._task_infos) == 0
-
-
 def test_live_and_running_tasks_are_counted_from_the_open_spans(
     new_tracker: Callable[[AgentSettings, int], Tracker],
 ) -> None:
@@ -568,18 +334,3 @@ def test_live_and_running_tasks_are_counted_from_the_open_spans(
 
 async def _wait_for(event: asyncio.Event) -> None:
     await event.wait()
-
-
-def run_watched(tracker: Tracker, main: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-    """asyncio.run(main()) with `tracker` installed, its factory on the loop, its selector
-    wakeups watched; no internal error allowed."""
-    watcher = LoopWatcher(tracker)
-    tracker.on_new_loop = watcher.ensure
-    installation = installed(tracker)
-    tracker.watch_selector_wakeups()
-    try:
-        asyncio.run(main())
-    finally:
-        installation.remove()
-        watcher.restore_all()
-    assert tracker.internal_errors == 0, tracker.last_error

@@ -224,13 +224,12 @@ task_of(Hooks *h, PyObject *info, int64_t *task_id, int64_t *thread, int64_t *fl
         return 0;
     }
     *flags |= FLAG_TASK_ROOT;
-    if ((PyObject *)Py_TYPE(info) == h->info_type) {
-        ((TaskInfo *)info)->thread = *thread;
-        *task_id = ((TaskInfo *)info)->id;
-        return 0;
-    }
-    if (int_attr(info, NAME(h, id), task_id) < 0) {
+    if (info_id(h, info, task_id) < 0) {
         return -1;
+    }
+    if (is_task_info(h, info)) {
+        ((TaskInfo *)info)->thread = *thread;
+        return 0;
     }
     PyObject *thread_obj = PyLong_FromLongLong(*thread);
     int failed = thread_obj == NULL || PyObject_SetAttr(info, NAME(h, thread), thread_obj) < 0;

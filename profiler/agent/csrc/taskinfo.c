@@ -215,6 +215,16 @@ info_name(Hooks *h, PyObject *info)
 }
 
 AI_INTERNAL int
+info_id(Hooks *h, PyObject *info, int64_t *out)
+{
+    if (is_task_info(h, info)) {
+        *out = ((TaskInfo *)info)->id;
+        return 0;
+    }
+    return int_attr(info, NAME(h, id), out);
+}
+
+AI_INTERNAL int
 info_creator_task(Hooks *h, PyObject *info, int64_t *out)
 {
     if (is_task_info(h, info)) {

@@ -207,10 +207,9 @@ running_task_id(Hooks *h)
         return -1;
     }
     int64_t task_id = 0;
-    int failed = is_task_info(h, info) ? (task_id = ((TaskInfo *)info)->id, 0)
-                                       : int_attr(info, NAME(h, id), &task_id);
+    int failed = info_id(h, info, &task_id) < 0;
     Py_DECREF(info);
-    return failed < 0 ? -1 : task_id;
+    return failed ? -1 : task_id;
 }
 
 /* frame.f_code.co_flags & CHAIN_FLAGS, remembered per code object. */

@@ -247,10 +247,7 @@ def _check_cpu(sample: Sample, window: Window, share_min: float) -> None:
     share, busy = window.target_share, window.target_core_busy
     if share is None or share >= share_min:
         return
-    if busy is not None and busy - share > FOREIGN_LOAD:
-        why = f"other processes used {100 * (busy - share):.0f}% of its CPU"
-    else:
-        why = "it was not saturated: the load generator may have set the pace"
+    why = _short_of_cpu(share, busy)
     sample.warnings.append(f"the target got {100 * share:.0f}% of a CPU: {why}")
 
 
@@ -262,13 +259,16 @@ def _check_pair_cpu(first: Sample, second: Sample) -> None:
     if len(shares) < 2 or sum(shares) >= TARGET_SHARE_MIN:
         return
     busiest = max((w.target_core_busy for w in windows if w.target_core_busy), default=None)
-    total = sum(shares)
-    if busiest is not None and busiest - total > FOREIGN_LOAD:
-        why = f"other processes used {100 * (busiest - total):.0f}% of their CPU"
-    else:
-        why = "they were not saturated: the load generators may have set the pace"
+    why = _short_of_cpu(sum(shares), busiest)
     for sample in (first, second):
-        sample.warnings.append(f"the pair got {100 * total:.0f}% of a CPU: {why}")
+        sample.warnings.append(f"the pair got {100 * sum(shares):.0f}% of a CPU: {why}")
+
+
+def _short_of_cpu(share: float, busy: float | None) -> str:
+    """Why targets got only `share` of their CPU, which was busy `busy` of the time."""
+    if busy is not None and busy - share > FOREIGN_LOAD:
+        return f"other processes used {100 * (busy - share):.0f}% of the CPU"
+    return "not saturated: the load generator may have set the pace"
 
 
 def _stop(children: Children, started: Started) -> None:

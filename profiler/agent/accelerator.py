@@ -32,7 +32,8 @@ from . import spans as S
 from .codefilter import CodeFilter
 from .meters import SLOW_STEP_NS
 from .settings import ACCELERATOR_ENV, AgentSettings, accelerator_disabled
-from .tracker import _LOOP_RUNNER, Tracker, _app_otel_parent, callbacks_of
+from .taskbook import _LOOP_RUNNER
+from .tracker import Tracker, _app_otel_parent, callbacks_of
 
 if TYPE_CHECKING:
     from ._accel import Hooks

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import wire
 
-__all__ = ["Span", "TaskInfo", "new_span", "to_wire"]
+__all__ = ["Span", "TaskInfo", "in_flight", "new_span", "to_wire"]
 
 Span = list[Any]
 
@@ -74,6 +74,29 @@ def to_wire(span: Span) -> tuple[Any, ...]:
     events = record[EVENTS]
     record[EVENTS] = tuple(events) if events else ()
     return tuple(record)
+
+
+def in_flight(spans: list[Span], now: int) -> list[tuple[Any, ...]]:
+    """Wire tuples of the sampled ones among these open spans, ended `now` and marked
+    running or blocked (they are copied: the spans stay open)."""
+    records = []
+    for span in spans:
+        if not span[SAMPLED]:
+            continue
+        copy = list(span)
+        copy[END] = now
+        resumed = copy[RESUMED]
+        if resumed:
+            copy[BUSY] += now - resumed
+        copy[STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
+        copy[FLAGS] |= wire.FLAG_IN_FLIGHT
+        copy[EVENTS] = list(span[EVENTS] or ())
+        info = copy[TASK_INFO]
+        if info is not None:
+            copy[TASK_NAME] = info.name()
+            copy[PARENT_TASK] = info.creator_task
+        records.append(to_wire(copy))
+    return records
 
 
 class TaskInfo:

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
 import sys
 import threading
 import time
-import traceback
-import weakref
 from collections import deque
 from collections.abc import Callable
 from random import random
@@ -36,9 +33,10 @@ from typing import Any
 
 from .. import wire
 from . import spans as S
+from .codebook import CodeBook
 from .codefilter import CodeFilter
+from .describe import CANCELLED, describe_awaited, describe_error
 from .meters import SLOW_STEP_NS, Meters
-from .rules import Capture
 from .settings import AgentSettings
 from .spans import (
     ATTRS,
@@ -63,6 +61,7 @@ from .spans import (
     THREAD,
     TRACE,
 )  # fmt: skip
+from .taskbook import _MAX_WALK, TaskBook
 
 __all__ = ["Tracker", "callbacks_of"]
 
@@ -75,11 +74,6 @@ _thread_ident = threading.get_ident
 _DISABLE = sys.monitoring.DISABLE
 # Frames an await chain passes through: coroutines, generators (yield from), async gens.
 _CHAIN_FLAGS = 0x0020 | 0x0080 | 0x0100 | 0x0200
-_CANCELLED = (asyncio.CancelledError, GeneratorExit)
-_MAX_WALK = 64
-# The event loop calls task steps and callbacks from here: nothing below is ours. (Compared
-# by identity: hashing a code object is costly, see Tracker.code_ids.)
-_LOOP_RUNNER = asyncio.events.Handle._run.__code__
 _POLL = wire.EVENT_POLL
 _WAKE = wire.EVENT_WAKE
 _BLOCKED = wire.EVENT_BLOCKED
@@ -101,35 +95,23 @@ def callbacks_of(handler: object) -> dict[int, Callable[..., object]]:
     return {getattr(events, event): getattr(handler, name) for event, name in _CALLBACKS.items()}
 
 
-class Tracker:
-    """Holds every live span and turns monitoring events into finished spans."""
+class Tracker(CodeBook, TaskBook):
+    """Holds every live span and turns monitoring events into finished spans (the code
+    objects it traces: CodeBook; the asyncio tasks it knows: TaskBook)."""
 
     def __init__(self, settings: AgentSettings, code_filter: CodeFilter, tool: int) -> None:
         self.settings = settings
         self.tool = tool
-        self._filter = code_filter
+        self._init_codes(code_filter)
+        self._init_tasks()
         self.open: dict[FrameType, S.Span] = {}
         self._new_span: Callable[..., S.Span] = S.new_span  # compiled: a _accel.Span
-        # Keyed by id(code): a code object recomputes its hash (over its constants) on every
-        # lookup, thousands of instructions per callback. The objects are kept in _codes, so
-        # their ids cannot be reused while we hold them.
-        self.code_ids: dict[int, int] = {}
-        self._codes: list[CodeType] = []
-        self.new_codes: deque[tuple[int, str, str, int, str]] = deque()
-        self._code_table: list[tuple[int, str, str, int, str]] = []
         self.finished: deque[S.Span] = deque()
         self.dropped: dict[str, int] = {}  # by reason; the compiled callbacks count here too
         self.internal_errors = 0
         self.last_error = ""
-        self.tasks_seen = 0
-        self._task_frames: dict[FrameType, S.TaskInfo] = {}
-        self._task_infos: dict[int, S.TaskInfo] = {}
-        self._task_refs: dict[weakref.ref[Any], tuple[int, FrameType | None]] = {}
-        self._wake_codes: set[int] = set()  # ids of selector select() codes
         self._wake_times: dict[int, int] = {}
         self._span_ids = itertools.count(1).__next__
-        self._task_ids = itertools.count(1).__next__
-        self._code_counter = itertools.count(1).__next__
         self._max_open = settings.max_open_spans
         self._max_buffer = settings.buffer_size
         self._max_event_items = 3 * settings.max_events
@@ -137,63 +119,6 @@ class Tracker:
         self._ratio = settings.sample_ratio
         self.started_at = _now()
         self.meters = Meters()
-        self._code_rates: dict[int, float] = {}  # sample rate of traces rooted there (rules)
-        self._captures: dict[int, Capture] = {}  # attributes from arguments (rules)
-        self.on_new_loop: Callable[[Any], None] | None = None  # set by the agent
-        self._last_loop: Any = None
-        self._factory_checks = 0
-
-    # -- decisions made once per code object -------------------------------------------
-
-    def consider(self, code: CodeType, module: str) -> int | None:
-        """Code id if coroutines of `code` are traced (enabling its local events), else None."""
-        known = self.code_ids.get(id(code))
-        if known is not None:
-            return known
-        wanted, rule = self._filter.decide(code, module)
-        if not wanted:
-            return None
-        code_id = self._code_counter()
-        self.code_ids[id(code)] = code_id
-        self._codes.append(code)
-        if rule is not None:
-            if rule.sample_rate is not None:
-                self._code_rates[code_id] = float(rule.sample_rate)
-            if rule.attributes:
-                self._captures[code_id] = Capture(
-                    dict(rule.captures), self.settings.max_attribute_values
-                )
-        events = sys.monitoring.events
-        sys.monitoring.set_local_events(
-            self.tool, code, events.PY_RESUME | events.PY_YIELD | events.PY_RETURN
-        )
-        entry = (code_id, code.co_qualname, code.co_filename, code.co_firstlineno, module)
-        self._code_table.append(entry)
-        self.new_codes.append(entry)
-        return code_id
-
-    def watch_selector_wakeups(self) -> None:
-        """Note when each selector's select() returns: the loop woke up to run callbacks.
-
-        That time is a task's `wake` event: between it and the task's `poll` the task was
-        ready but waited behind other callbacks (uvloop has no Python selector: no wake).
-        """
-        for name in ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector",
-                     "KqueueSelector"):  # fmt: skip
-            select = getattr(getattr(selectors, name, None), "select", None)
-            code = getattr(select, "__code__", None)
-            if code is not None and id(code) not in self._wake_codes:
-                self._wake_codes.add(id(code))
-                self._codes.append(code)
-                sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
-
-    def all_codes(self) -> list[tuple[int, str, str, int, str]]:
-        """Every code entry so far (sent again in full after a reconnect)."""
-        return list(self._code_table)
-
-    def local_codes(self) -> list[CodeType]:
-        """Every code object this tracker enabled local events on (for a clean stop)."""
-        return list(self._codes)
 
     # -- sys.monitoring callbacks (hot path) --------------------------------------------
 
@@ -285,7 +210,7 @@ class Tracker:
                 span[BLOCKED_AT] = t
                 events = span[EVENTS]
                 if len(events) < self._max_event_items:
-                    events += (_BLOCKED, t, _describe_awaited(value))
+                    events += (_BLOCKED, t, describe_awaited(value))
                 else:
                     span[EVENTS_DROPPED] += 1
         except Exception as exc:
@@ -309,7 +234,7 @@ class Tracker:
             span = self.open.pop(_getframe(1), None)
             if span is None:
                 return
-            state = wire.STATE_CANCELLED if isinstance(exc, _CANCELLED) else wire.STATE_FAILED
+            state = wire.STATE_CANCELLED if isinstance(exc, CANCELLED) else wire.STATE_FAILED
             self._finish(span, state, _now(), exc)
         except Exception as error:
             self.fault(error)
@@ -481,68 +406,6 @@ class Tracker:
 
     # -- tasks --------------------------------------------------------------------------
 
-    def task_created(self, coro: Any, task_creator_frame: FrameType | None) -> S.TaskInfo:
-        """Called by the task factory before the task exists (an eager task starts inside)."""
-        creator = self.find_open_span(task_creator_frame)
-        creator_task = creator[TASK] if creator is not None else 0
-        if creator is not None and not creator_task and not creator[SAMPLED]:
-            # Unsampled, in a task the factory did not see: no TaskInfo was made for it.
-            # The creator runs in the task running now; its id is what a sampled
-            # descendant shows.
-            creator_task = self.running_task_id()
-        info = S.TaskInfo(self._task_ids(), creator)
-        info.creator_task = creator_task
-        self.tasks_seen += 1
-        frame = getattr(coro, "cr_frame", None)
-        if frame is not None:
-            self._task_frames[frame] = info
-        return info
-
-    def task_bound(self, info: S.TaskInfo, task: Any, coro: Any) -> None:
-        """The factory returned `task` for `info`: remember it until the task is freed."""
-        try:
-            info.ref = ref = weakref.ref(task, self._forget_task)
-        except TypeError:  # a task class without weakref support: never forgotten early
-            info.ref = None
-            return
-        self._task_infos[id(task)] = info
-        self._task_refs[ref] = (id(task), getattr(coro, "cr_frame", None))
-
-    def _forget_task(self, ref: weakref.ref[Any]) -> None:
-        # One shared weakref callback (no closure per task): the task was freed.
-        key, frame = self._task_refs.pop(ref, (0, None))
-        self._task_infos.pop(key, None)
-        if frame is not None:
-            self._task_frames.pop(frame, None)
-
-    def _running_task(self) -> Any | None:
-        loop = _running_loop()
-        if loop is None:
-            return None
-        if loop is not self._last_loop or not self._factory_checks:
-            # A new loop, or now and then (every 256 roots) in case the app replaced our
-            # task factory: (re)wrap it. Not on every root: aiohttp makes one per request.
-            self._last_loop = loop
-            self._factory_checks = 256
-            if self.on_new_loop is not None:
-                self.on_new_loop(loop)
-        self._factory_checks -= 1
-        return _current_task(loop)
-
-    def running_task_id(self) -> int:
-        """The id of the task running now (its TaskInfo made if need be), 0 if none."""
-        task = self._running_task()
-        return self.info_for(task).id if task is not None else 0
-
-    def info_for(self, task: Any) -> S.TaskInfo:
-        """The TaskInfo of a task the factory did not see (created before we started)."""
-        info = self._task_infos.get(id(task))
-        if info is None or info.ref is None or info.ref() is not task:
-            info = S.TaskInfo(self._task_ids(), None)
-            self.tasks_seen += 1
-            self.task_bound(info, task, task.get_coro())
-        return info
-
     def adopt_chain(self, task: Any, coros: list[Any]) -> int:
         """Track a task's traced coroutines (outermost first); returns spans made. They are
         suspended, unless the task is in a step now (the agent started inside it, or while
@@ -573,40 +436,11 @@ class Tracker:
             parent, made = span, made + 1
         return made
 
-    def find_open_span(self, frame: FrameType | None) -> S.Span | None:
-        """The innermost traced span among `frame` and its callers (for a task's creator),
-        not looking past the event loop's callback runner: below it are no spans of ours."""
-        for _ in range(_MAX_WALK):
-            if frame is None or frame.f_code is _LOOP_RUNNER:
-                return None
-            span = self.open.get(frame)
-            if span is not None:
-                return span
-            frame = frame.f_back
-        return None
-
     # -- reporting ----------------------------------------------------------------------
 
     def in_flight(self, now: int) -> list[tuple[Any, ...]]:
-        """Wire tuples of every open span, ended `now` and marked running or blocked."""
-        records = []
-        for span in list(self.open.values()):
-            if not span[S.SAMPLED]:
-                continue
-            copy = list(span)
-            copy[S.END] = now
-            resumed = copy[S.RESUMED]
-            if resumed:
-                copy[S.BUSY] += now - resumed
-            copy[S.STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
-            copy[S.FLAGS] |= wire.FLAG_IN_FLIGHT
-            copy[S.EVENTS] = list(span[S.EVENTS] or ())
-            info = copy[S.TASK_INFO]
-            if info is not None:
-                copy[S.TASK_NAME] = info.name()
-                copy[S.PARENT_TASK] = info.creator_task
-            records.append(S.to_wire(copy))
-        return records
+        """Wire tuples of every open sampled span, ended `now` (spans.in_flight)."""
+        return S.in_flight(list(self.open.values()), now)
 
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with live and running tasks counted now."""
@@ -645,26 +479,7 @@ class Tracker:
         self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _describe_error(self, exc: BaseException) -> tuple[str, str, str]:
-        kind = type(exc)
-        name = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else (f"{kind.__module__}.{kind.__qualname__}")
-        )
-        try:
-            message = str(exc)[:1024]
-        except Exception:
-            message = "<unprintable>"
-        if isinstance(exc, _CANCELLED):
-            return name, message, ""
-        # lookup_lines=False: reading source files here would be I/O on the app's thread.
-        frames = traceback.StackSummary.extract(
-            traceback.walk_tb(exc.__traceback__),
-            limit=self.settings.stack_limit,
-            lookup_lines=False,
-        )
-        stack = "".join(frames.format())
-        return name, message, f"Traceback (most recent call last):\n{stack}{name}: {message}"
+        return describe_error(exc, self.settings.stack_limit)
 
 
 _STATE_EVENTS = {
@@ -680,15 +495,6 @@ def _in_step(task: Any) -> bool:
         return bool(_current_task(task.get_loop()) is task)
     except Exception:  # a task class of another kind: taken as suspended, as before
         return False
-
-
-def _describe_awaited(value: object) -> str:
-    """What a suspended coroutine waits for, as short as possible."""
-    if value is None:
-        return "yield"  # a bare yield: asyncio.sleep(0) or a custom awaitable
-    if isinstance(value, asyncio.Task):
-        return "task " + value.get_name()
-    return type(value).__qualname__
 
 
 def _app_otel_parent() -> tuple[int, int, bool] | None:

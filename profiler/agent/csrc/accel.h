@@ -1,6 +1,6 @@
 /* What the accelerator's C files share: the Hooks and TaskInfo objects, the span layout,
  * and the Span object. See accelerator.py for the design; each C function
- * is named after the tracker.py function it mirrors.
+ * is named after the Tracker method it mirrors (tracker.py, taskbook.py, codebook.py).
  */
 #ifndef ASYNC_INSPECT_ACCEL_H
 #define ASYNC_INSPECT_ACCEL_H

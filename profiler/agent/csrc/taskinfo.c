@@ -1,5 +1,5 @@
 /* TaskInfo: an asyncio task as the tracker knows it (spans.TaskInfo, compiled), and reading
- * any TaskInfo, ours or a Python one (tracker.py: _forget_task, TaskInfo.name).
+ * any TaskInfo, ours or a Python one (taskbook.py: _forget_task; spans.py: TaskInfo.name).
  */
 #include <stddef.h>
 

@@ -1,6 +1,6 @@
-/* Tasks: the task factory's bookkeeping, and where a new span's parent is (tracker.py:
- * task_created, task_bound, info_for, _current_task_info, find_open_span, _find_parent;
- * TaskInfo itself is in taskinfo.c).
+/* Tasks: the task factory's bookkeeping, and where a new span's parent is (taskbook.py:
+ * task_created, task_bound, info_for, _running_task, running_task_id, find_open_span;
+ * tracker.py: _find_parent; TaskInfo itself is in taskinfo.c).
  *
  * A server like aiohttp makes one asyncio task per request, outside any task factory, so
  * a request's first span meets a task never seen: its TaskInfo, weak reference and

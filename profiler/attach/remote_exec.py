@@ -9,9 +9,7 @@ milliseconds in a thread that executes Python code, but not while the thread wai
 an idle asyncio loop parked in epoll_wait, a main thread blocked in `Thread.join()`.
 `wake_idle_thread` handles the first case; the second needs the thread that runs the loop.
 
-Memory goes through process_vm_readv/writev (they respect page protections), and through
-/proc/PID/mem only where a seccomp profile blocks those calls. The kernel checks the same
-ptrace permission for both.
+Memory goes through process_vm_readv/writev, or /proc/PID/mem under seccomp (memory.py).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import select
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +34,7 @@ from profiler.attach._debug_offsets import (
     parse_debug_offsets,
     parse_header,
 )
+from profiler.attach.memory import ProcessMemory, memory_error, not_found, permission_denied
 from profiler.errors import (
     AttachError,
     NotPython,
@@ -170,7 +169,7 @@ def wake_idle_thread(pid: int, *, thread_id: int | None = None, timeout: float =
                 time.sleep(0.001)
     except OSError as error:
         if error.errno in (errno.EPERM, errno.EACCES, errno.ESRCH):
-            raise _os_error(pid, error.errno) from None
+            raise memory_error(pid, error.errno) from None
         return False  # a kernel without pidfd_getfd (5.6+), or the fd closed meanwhile
     return not target.is_pending(tstate)
 
@@ -180,18 +179,18 @@ class _Target:
     """A validated 3.14+ process: its memory, its debug offsets, its main interpreter."""
 
     pid: int
-    memory: _Memory
+    memory: ProcessMemory
     offsets: DebugOffsets
     interpreter: int
 
     @classmethod
     def open(cls, pid: int) -> _Target:
         _check_process_state(pid)
-        memory = _Memory(pid)
+        memory = ProcessMemory(pid)
         try:
             runtime, section_size = find_runtime(pid, memory.read)
         except OSError as error:  # /proc/PID/maps
-            raise _os_error(pid, error.errno or errno.EIO) from None
+            raise memory_error(pid, error.errno or errno.EIO) from None
         try:
             size = layout_size(parse_header(memory.read(runtime, HEADER_SIZE)))
             offsets = parse_debug_offsets(memory.read(runtime, size))
@@ -254,7 +253,7 @@ class _Target:
         return bool(struct.unpack("<i", self.memory.read(self.pending_address(tstate), 4))[0])
 
 
-def _main_interpreter(pid: int, memory: _Memory, offsets: DebugOffsets, runtime: int) -> int:
+def _main_interpreter(pid: int, memory: ProcessMemory, offsets: DebugOffsets, runtime: int) -> int:
     # The list starts with the newest interpreter; the main one (id 0) is where the app runs.
     interpreter = memory.read_pointer(runtime + offsets["runtime_state.interpreters_head"])
     for _ in range(_MAX_LIST_WALK):
@@ -271,14 +270,14 @@ def _main_interpreter(pid: int, memory: _Memory, offsets: DebugOffsets, runtime:
 
 def _check_process_state(pid: int) -> None:
     if pid <= 0:
-        raise _not_found(pid)
+        raise not_found(pid)
     try:
         with open(f"/proc/{pid}/stat") as stat_file:
             state = stat_file.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
-        raise _not_found(pid) from None
+        raise not_found(pid) from None
     if state in ("Z", "X"):
-        raise _not_found(pid)
+        raise not_found(pid)
     if state in ("T", "t"):
         raise ProcessStopped(
             f"PID {pid} is stopped and would not run the script",
@@ -304,7 +303,7 @@ def _host_tids(pid: int) -> dict[int, int]:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        raise _not_found(pid) from None
+        raise not_found(pid) from None
     mapping = {}
     for task in tasks:
         try:
@@ -333,7 +332,7 @@ def _check_script_readable(pid: int, path: str) -> None:
             hint=f"write the script under /proc/{pid}/root first",
         ) from None
     except PermissionError:
-        raise _permission_denied(pid) from None
+        raise permission_denied(pid) from None
     uid, gids = _file_credentials(pid)
     readable = (
         not stat.S_ISDIR(info.st_mode)
@@ -371,6 +370,9 @@ _SYS_PIDFD_GETFD = 438  # the same number on every architecture
 _EPOLL_CTL_ADD = 1
 _FRAME_OWNED_BY_INTERPRETER = 3  # owners 3 and up are not frames of Python functions
 _STACKREF_TAG_BITS = 3
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.epoll_ctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
 
 
 def _epoll_fd_waited_on(pid: int, tid: int) -> int | None:
@@ -461,115 +463,3 @@ def _epoll_add_unknown(epoll_fd: int, fd: int) -> None:
     )
     if _libc.epoll_ctl(epoll_fd, _EPOLL_CTL_ADD, fd, event) < 0:
         raise OSError(ctypes.get_errno(), "epoll_ctl")
-
-
-# --- process memory ------------------------------------------------------------------------------
-
-
-class _IOVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-for _name in ("process_vm_readv", "process_vm_writev"):
-    _function = getattr(_libc, _name)
-    _function.restype = ctypes.c_ssize_t
-    _function.argtypes = (ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
-                          ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong)  # fmt: skip
-_libc.syscall.restype = ctypes.c_long
-_libc.epoll_ctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
-
-
-class _Memory:
-    """Reads and writes another process's memory."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._proc_mem = False  # switched on when seccomp refuses process_vm_*
-
-    def read(self, address: int, size: int) -> bytes:
-        buffer = ctypes.create_string_buffer(size)
-        self._transfer(_libc.process_vm_readv, address, buffer, size)
-        return buffer.raw
-
-    def read_pointer(self, address: int) -> int:
-        value: int = struct.unpack("<Q", self.read(address, 8))[0]
-        return value
-
-    def write(self, address: int, data: bytes) -> None:
-        buffer = ctypes.create_string_buffer(data, len(data))
-        self._transfer(_libc.process_vm_writev, address, buffer, len(data), writing=True)
-
-    def _transfer(
-        self,
-        call: Callable[..., int],
-        address: int,
-        buffer: ctypes.Array[ctypes.c_char],
-        size: int,
-        *,
-        writing: bool = False,
-    ) -> None:
-        done = 0
-        while done < size and not self._proc_mem:
-            local = _IOVec(ctypes.addressof(buffer) + done, size - done)
-            remote = _IOVec(address + done, size - done)
-            moved = call(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-            if moved > 0:
-                done += moved
-                continue
-            code = ctypes.get_errno() if moved < 0 else errno.EFAULT
-            if code in (errno.ENOSYS, errno.EPERM) and done == 0:
-                self._proc_mem = True  # seccomp: try /proc/PID/mem, same ptrace check
-                break
-            raise _os_error(self.pid, code, address + done)
-        if done < size:
-            self._proc_mem_transfer(address, buffer, size, writing)
-
-    def _proc_mem_transfer(
-        self, address: int, buffer: ctypes.Array[ctypes.c_char], size: int, writing: bool
-    ) -> None:
-        try:
-            with open(f"/proc/{self.pid}/mem", "r+b" if writing else "rb", buffering=0) as mem:
-                mem.seek(address)
-                if writing:
-                    written = mem.write(buffer.raw[:size])
-                    if written != size:
-                        raise OSError(errno.EIO, "short write")
-                else:
-                    data = mem.read(size)
-                    if len(data) != size:
-                        raise OSError(errno.EIO, "short read")
-                    ctypes.memmove(buffer, data, size)
-        except OSError as error:
-            raise _os_error(self.pid, error.errno or errno.EIO, address) from None
-
-
-def _os_error(pid: int, code: int, address: int | None = None) -> AttachError:
-    if code == errno.ESRCH or not os.path.exists(f"/proc/{pid}"):
-        return _not_found(pid)
-    if code in (errno.EPERM, errno.EACCES):
-        return _permission_denied(pid)
-    where = f" at {address:#x}" if address is not None else ""
-    return AttachError(
-        f"cannot access the memory of PID {pid}{where}: {os.strerror(code)}",
-        hint="the process may be exiting, or is not the CPython build it looks like",
-    )
-
-
-def _not_found(pid: int) -> ProcessNotFound:
-    return ProcessNotFound(f"no process with PID {pid}", hint="check the PID; it may have exited")
-
-
-def _permission_denied(pid: int) -> PermissionDenied:
-    hint = (
-        "run as root or with CAP_SYS_PTRACE; in a container add SYS_PTRACE"
-        " (docker --cap-add SYS_PTRACE; Kubernetes: capabilities.add [SYS_PTRACE] and hostPID)"
-    )
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as scope:
-            level = scope.read().strip()
-        if level != "0":
-            hint += f"; kernel.yama.ptrace_scope is {level}"
-    except OSError:
-        pass
-    return PermissionDenied(f"not allowed to access the memory of PID {pid}", hint=hint)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from profiler.attach import memory as memory_module
 from profiler.attach import remote_exec as remote_exec_module
 from profiler.attach.remote_exec import (
     cancel_remote_exec,
@@ -307,7 +308,7 @@ def test_falls_back_to_proc_pid_mem_when_seccomp_blocks_process_vm(
         return -1
 
     for name in ("process_vm_readv", "process_vm_writev"):
-        monkeypatch.setattr(remote_exec_module._libc, name, blocked)
+        monkeypatch.setattr(memory_module._libc, name, blocked)
     target = spawn("busy")
     script, marker = target.marker_script(str(tmp_path))
     # WHEN we ask for a script THEN it runs all the same, through /proc/PID/mem

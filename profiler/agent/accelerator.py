@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from . import spans as S
+from .app_trace import app_otel_parent
 from .codefilter import CodeFilter
 from .meters import SLOW_STEP_NS
 from .settings import ACCELERATOR_ENV, AgentSettings, accelerator_disabled
 from .taskbook import _LOOP_RUNNER
-from .tracker import Tracker, _app_otel_parent, callbacks_of
+from .tracker import Tracker, callbacks_of
 
 if TYPE_CHECKING:
     from ._accel import Hooks
@@ -129,7 +130,7 @@ class AcceleratedTracker(Tracker):
             "get_running_loop": asyncio.events._get_running_loop,
             "current_task": asyncio.current_task,
             "random": random,
-            "otel_parent": _app_otel_parent,
+            "otel_parent": app_otel_parent,
             "split_ns": self._split_ns,
             "max_open": self._max_open,
             "max_buffer": self._max_buffer,

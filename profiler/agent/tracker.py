@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import wire
 from . import spans as S
+from .app_trace import app_otel_parent
 from .codebook import CodeBook
 from .codefilter import CodeFilter
 from .describe import CANCELLED, describe_awaited, describe_error
@@ -267,7 +268,7 @@ class Tracker(CodeBook, TaskBook):
             # trace, linked to where it came from, so no trace grows without end.
             trace, parent_id = span_id, 0
             link = (parent[TRACE], parent[ID]) if parent is not None else None
-            app_parent = _app_otel_parent() if parent is None else None
+            app_parent = app_otel_parent() if parent is None else None
             if app_parent is not None:  # the app's own OpenTelemetry span: join its trace
                 remote = (app_parent[0], app_parent[1])
                 sampled = app_parent[2] if self.settings.parent_based else self._sample(code_id)
@@ -495,18 +496,3 @@ def _in_step(task: Any) -> bool:
         return bool(_current_task(task.get_loop()) is task)
     except Exception:  # a task class of another kind: taken as suspended, as before
         return False
-
-
-def _app_otel_parent() -> tuple[int, int, bool] | None:
-    """(trace id, span id, sampled) of the application's current OpenTelemetry span, if the
-    app uses OpenTelemetry and a span is current: our root then joins the app's trace."""
-    otel_trace = sys.modules.get("opentelemetry.trace")
-    if otel_trace is None:
-        return None
-    try:
-        context = otel_trace.get_current_span().get_span_context()
-        if not context.is_valid:
-            return None
-        return int(context.trace_id), int(context.span_id), bool(context.trace_flags.sampled)
-    except Exception:  # an API version we do not know: no propagation, no harm
-        return None

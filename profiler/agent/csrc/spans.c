@@ -131,7 +131,7 @@ sample(Hooks *h, int64_t code_id, int code_flags)
     return draw < h->ratio;
 }
 
-/* _app_otel_parent(), asked only once the app has imported OpenTelemetry. */
+/* app_trace.app_otel_parent(), asked only once the app has imported OpenTelemetry. */
 static PyObject *
 app_otel_parent(Hooks *h)
 {

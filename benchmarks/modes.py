@@ -230,6 +230,7 @@ class Mode:
     exported_share: float  # share of traces that should reach the receiver (0: no export)
     on_ready: OnReady | None = None
     workloads: frozenset[str] | None = None  # the workloads it applies to (None: all)
+    floor: bool = False  # run from a copy whose agent is the floor build (benchmarks/floor.py)
 
     def applies_to(self, workload: str) -> bool:
         """Whether this mode is run for `workload`."""
@@ -254,5 +255,7 @@ MODES: dict[str, Mode] = {
              on_ready=busy_neighbour),
         Mode("noop-tracer", noop_tracer(), under_cli=False, exported_share=0.0),
         Mode("noop-tracer-steps", noop_tracer("--steps"), under_cli=False, exported_share=0.0),
+        # `run --endpoint` whose callbacks return at once: no span may reach the receiver.
+        Mode("floor", exporting(), under_cli=True, exported_share=0.0, floor=True),
     )
 }  # fmt: skip

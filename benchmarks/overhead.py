@@ -16,11 +16,13 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from .environment import load_note, write_json
+from .floor import build_floor_tree
 from .harness import add_run_options, run_children
 from .modes import MODES, ModeContext
 from .procs import Children
@@ -31,7 +33,7 @@ from .table import render
 from .workloads import Chains, Http, Service, Workload
 
 DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport", "attached",
-                 "after-detach", "peer-otel", "busy-neighbour", "noop-tracer")  # fmt: skip
+                 "after-detach", "peer-otel", "busy-neighbour", "noop-tracer", "floor")  # fmt: skip
 # busy-neighbour is the control of one-at-a-time runs, where the CLI's load on the other CPU
 # reaches only the target under test; side by side it reaches both targets alike.
 ONE_AT_A_TIME_ONLY = ("busy-neighbour",)
@@ -41,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="2 short rounds (~6 minutes)")
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (~7 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated (W1,W2,W3)")
     parser.add_argument(
@@ -151,6 +153,9 @@ def preflight(args: argparse.Namespace, workloads: list[Workload], modes: list[s
             raise SystemExit("--against compares side by side: drop --one-at-a-time")
         if not (args.against / "profiler" / "__init__.py").is_file():
             raise SystemExit(f"--against {args.against}: not an async-inspect work tree")
+        if any(MODES[mode].floor for mode in modes):
+            raise SystemExit("--against: the floor is measured against plain python; leave "
+                             "the floor mode out (--modes)")  # fmt: skip
     if args.target_cpu == args.load_cpu:
         print("warning: target and load share one CPU; ratios will be noisy", file=sys.stderr)
     if shutil.which("taskset") is None:
@@ -214,25 +219,31 @@ def run_rounds(
             round=round_no,
         )
 
-    for round_no in range(1, rounds + 1):
-        for workload in workloads:
-            for mode in modes_for(workload, modes):
-                if args.one_at_a_time:
-                    ctx = context(workload, mode, round_no)
-                    pair: tuple[Sample, ...] = (
-                        measure_once(workload, MODES[mode], ctx, receiver, round_no),
-                    )
-                else:
-                    reference = context(workload, f"{mode}-ref", round_no)
-                    if args.against is not None and mode != BASELINE:
-                        reference = replace(reference, build=str(args.against))
-                    kinds = (MODES[mode if reference.build else BASELINE], MODES[mode])
-                    contexts = (reference, context(workload, mode, round_no))
-                    pair = measure_pair(workload, kinds, contexts, receiver, round_no,
-                                        len(samples) + 1)  # fmt: skip
-                for sample in pair:
-                    progress(sample, rounds)
-                samples.extend(pair)
+    with tempfile.TemporaryDirectory(prefix="async-inspect-floor-") as scratch:
+        floor = None
+        if any(MODES[mode].floor for mode in modes):
+            print("building the floor agent (AI_BENCH_FLOOR)", file=sys.stderr, flush=True)
+            floor = str(build_floor_tree(Path(scratch)))
+        for round_no in range(1, rounds + 1):
+            for workload in workloads:
+                for mode in modes_for(workload, modes):
+                    measured = context(workload, mode, round_no)
+                    if MODES[mode].floor:
+                        measured = replace(measured, build=floor)
+                    if args.one_at_a_time:
+                        pair: tuple[Sample, ...] = (
+                            measure_once(workload, MODES[mode], measured, receiver, round_no),
+                        )
+                    else:
+                        reference = context(workload, f"{mode}-ref", round_no)
+                        if args.against is not None and mode != BASELINE:
+                            reference = replace(reference, build=str(args.against))
+                        kinds = (MODES[mode if reference.build else BASELINE], MODES[mode])
+                        pair = measure_pair(workload, kinds, (reference, measured), receiver,
+                                            round_no, len(samples) + 1)  # fmt: skip
+                    for sample in pair:
+                        progress(sample, rounds)
+                    samples.extend(pair)
     return samples
 
 

@@ -34,6 +34,7 @@ LABELS = {
     "busy-neighbour": "no agent; a busy loop takes 20% of the CLI's CPU",
     "noop-tracer": "no agent: a Python tracer on the agent's events, callbacks that do nothing",
     "noop-tracer-steps": "the same on a design following task steps (start/return + Handle._run)",
+    "floor": "the floor: `run --endpoint` with callbacks that return at once (AI_BENCH_FLOOR)",
     "baseline": "noise floor: plain python, round vs median",
 }
 GOALS = {  # issue 6, per mode and workload

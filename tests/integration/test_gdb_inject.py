@@ -55,6 +55,20 @@ threading.Thread(target=_report, name="async-inspect-test", daemon=True).start()
 """
 
 
+# The same report, sent by the injected code itself rather than from a thread it starts. In
+# cpu_spin.py's getcwd target a new thread can wait for the GIL for good on 3.12 (seen in
+# ~1 run in 10: the thread loops in timed futex waits while the main thread runs on). The
+# main thread takes the GIL back right after each getcwd, before a waiter wakes, and as the
+# GIL keeps changing hands, the waiter's timed-out waits never ask for it to be dropped.
+CONNECT_NOW = """
+import json, os, socket, sys, time
+
+_info = {{"pid": os.getpid(), "ran_at": time.time(), "main": sorted(vars(sys.modules["__main__"]))}}
+with socket.create_connection(("127.0.0.1", {port}), timeout=5) as _conn:
+    _conn.sendall(json.dumps(_info).encode())
+"""
+
+
 def _find_python(version: str) -> str | None:
     candidates = [shutil.which(f"python{version}") or ""]
     candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")))
@@ -229,7 +243,8 @@ def test_thread_entering_pyeval_savethread_is_a_safe_point(spawn, listener, pyth
     target = spawn(python, str(TARGETS / "cpu_spin.py"), "getcwd")
     started = time.time()
 
-    method = inject_with_gdb(inspect_process(target.pid), _code(listener))
+    code = CONNECT_NOW.format(port=listener.port)
+    method = inject_with_gdb(inspect_process(target.pid), code)
     report = listener(10.0)
 
     print(f"getcwd: ran after {(report['ran_at'] - started) * 1000:.0f} ms via {method}")

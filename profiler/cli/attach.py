@@ -143,6 +143,9 @@ def _agent_error(pid: int, error: str) -> AsyncInspectError:
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    # Once: a second SIGTERM must not cut the detach short (`timeout` sends one to the command
+    # and one to its process group). Ctrl-C still can; attach_session restores the handler.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -25,6 +26,10 @@ class LoopThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # As asyncio.run does: no task is left pending on a closed loop. A second Ctrl-C, or a
+        # task that will not end within 5 s, leaves the rest to the loop's stop below.
+        with contextlib.suppress(BaseException):
+            self.run(_cancel_pending(), timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
@@ -42,3 +47,12 @@ class LoopThread:
     def call(self, function: Any, *args: Any) -> None:
         """Call a plain function on the loop thread."""
         self.loop.call_soon_threadsafe(function, *args)
+
+
+async def _cancel_pending() -> None:
+    """Cancel every other task on this loop (an agent connection still being served, say)
+    and wait for them to finish their clean-up."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

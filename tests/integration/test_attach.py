@@ -165,6 +165,25 @@ def test_attach_traces_then_detach_leaves_nothing(
     assert target.alive()
 
 
+def test_a_second_sigterm_does_not_cut_the_detach_short(targets: list[Target]) -> None:
+    # GIVEN an attached session
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    session = Session(target.pid, "--no-tree")
+    session.wait_for("attached")
+    # WHEN SIGTERM comes twice, as `timeout` sends it (to the command, then to its group)
+    session.process.send_signal(signal.SIGTERM)
+    time.sleep(0.02)  # a separate signal, while the detach waits for the agent
+    session.process.send_signal(signal.SIGTERM)
+    status, stderr = session.finish()
+    # THEN the first one detaches cleanly, and the second neither interrupts it nor shows a
+    # traceback
+    assert status == 0, stderr
+    assert f"detached from PID {target.pid}" in stderr
+    assert "Traceback" not in stderr and "Task was destroyed" not in stderr, stderr
+    assert target.alive()
+
+
 def test_attach_twice_is_harmless(receiver: OtlpReceiver, targets: list[Target]) -> None:
     target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
     targets.append(target)

@@ -82,7 +82,8 @@ def inject_bootstrap(
     if not confirmed.wait(timeout):
         raise AttachTimeout(
             f"the agent did not report back from PID {target.pid} within {timeout:.0f}s",
-            "check that the target can reach its /tmp; run `async-inspect doctor PID`",
+            "check that the target can reach its /tmp and lets a new thread run (a loop that"
+            " keeps the GIL can starve the agent's boot thread); run `async-inspect doctor PID`",
         )
     return method
 

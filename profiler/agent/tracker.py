@@ -67,7 +67,6 @@ from .taskbook import _MAX_WALK, TaskBook
 __all__ = ["Tracker", "callbacks_of"]
 
 _getframe = sys._getframe
-_running_loop = asyncio.events._get_running_loop
 _current_task = asyncio.current_task
 _now = time.perf_counter_ns
 _native_thread = threading.get_native_id

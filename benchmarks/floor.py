@@ -4,10 +4,13 @@ Its callbacks return as soon as they have looked the code up, so it never opens 
 everything else is a real attach (the events, the task factory, the select() wake hook, the
 sender thread, the CLI). The `floor` mode of benchmarks.overhead runs its targets from such a
 copy: what it costs is what no bookkeeping can win back (benchmarks/README.md, "The floor").
+
+    .venv/bin/python -m benchmarks.floor DEST     # such a copy in DEST (new or empty), kept
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -46,3 +49,18 @@ def build_floor_tree(dest: Path) -> Path:
             wheel.extract(name, dest)
     shutil.rmtree(wheels)
     return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floor",
+                                     description=__doc__.split("\n")[0])  # fmt: skip
+    parser.add_argument("dest", type=Path, help="a new or empty directory")
+    dest = parser.parse_args(argv).dest
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"{dest}: not empty")
+    print(build_floor_tree(dest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,8 +32,9 @@ from .summary import BASELINE, ModeSummary, summarize
 from .table import render
 from .workloads import Chains, Http, Service, Workload
 
-DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-noexport", "attached",
-                 "after-detach", "peer-otel", "busy-neighbour", "noop-tracer", "floor")  # fmt: skip
+DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-burst-10pct",
+                 "run-burst-1pct", "run-noexport", "attached", "after-detach", "peer-otel",
+                 "busy-neighbour", "noop-tracer", "floor")  # fmt: skip
 # busy-neighbour is the control of one-at-a-time runs, where the CLI's load on the other CPU
 # reaches only the target under test; side by side it reaches both targets alike.
 ONE_AT_A_TIME_ONLY = ("busy-neighbour",)

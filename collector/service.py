@@ -43,7 +43,10 @@ def agent_settings_from(settings: Settings, **overrides: object) -> AgentSetting
         "exclude": settings.exclude,
         "max_events": settings.max_events,
         "split_after": settings.split_after,
-        "sample_ratio": settings.sample_ratio,
+        # In bursts, the ratio is the share of the time recorded: all of a burst is.
+        "sample_ratio": settings.sample_ratio if settings.burst is None else 1.0,
+        "burst": settings.burst or 0.0,
+        "burst_every": settings.burst_every,
         "parent_based": settings.sampler.startswith("parentbased"),
         "rules": tuple(rule.to_wire() for rule in settings.rules),
         "max_attribute_values": settings.max_attribute_values,

@@ -159,6 +159,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the batch processor waits for one export (env in ms)"),
     Option("sampler", "OTEL_TRACES_SAMPLER", _sampler, "trace sampler, decided per trace root"),
     Option("sampler_arg", "OTEL_TRACES_SAMPLER_ARG", _ratio, "ratio for traceidratio samplers"),
+    Option("burst", "ASYNC_INSPECT_BURST", _seconds,
+           "record everything in bursts this long, the sampling ratio's share of the time, "
+           "every event off in between (instead of deciding per trace)"),
     Option("include", "ASYNC_INSPECT_INCLUDE", _globs,
            "module globs traced even in site-packages / stdlib (comma-separated)"),
     Option("exclude", "ASYNC_INSPECT_EXCLUDE", _globs,
@@ -201,6 +204,7 @@ class Settings:
     bsp_export_timeout: float = 30.0
     sampler: str = "parentbased_always_on"
     sampler_arg: float | None = None
+    burst: float | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_events: int = 128
@@ -223,6 +227,18 @@ class Settings:
                 f"size {self.max_queue_size}",
                 "lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE or raise OTEL_BSP_MAX_QUEUE_SIZE",
             )
+        if self.burst is not None and not 0.0 < self.sample_ratio < 1.0:
+            raise ConfigError(
+                f"bursts of {self.burst:g}s need a sampling ratio between 0 and 1 (the share "
+                f"of the time they record); the sampler gives {self.sample_ratio:g}",
+                "add --sampler traceidratio --sampler-arg 0.01 (or OTEL_TRACES_SAMPLER and "
+                "OTEL_TRACES_SAMPLER_ARG)",
+            )
+
+    @property
+    def burst_every(self) -> float:
+        """Seconds from one burst's start to the next (0 without bursts)."""
+        return self.burst / self.sample_ratio if self.burst is not None else 0.0
 
     @property
     def sample_ratio(self) -> float:

@@ -212,6 +212,12 @@ class AcceleratedTracker(Tracker):
         self.meters.merge(*self._hooks.take_meters())
         return super().metrics()
 
+    def _forget_running(self) -> None:
+        # Hooks.reset forgets the running count and the last chain time, and with them
+        # the wake times and meters: the meters are merged first.
+        self.meters.merge(*self._hooks.take_meters())
+        self._hooks.reset()
+
     def clear(self) -> None:
         """As Tracker.clear, the C's wake times and counts included."""
         super().clear()

@@ -18,6 +18,9 @@ __all__ = ["CodeBook", "CodeEntry"]
 
 # (code id, qualified name, file, first line, module): what the collector learns of a code.
 CodeEntry = tuple[int, str, str, int, str]
+_E = sys.monitoring.events
+_TRACED_EVENTS = _E.PY_RESUME | _E.PY_YIELD | _E.PY_RETURN
+_WAKE_EVENTS = _E.PY_RETURN  # a selector's select() returned: the loop woke up
 
 
 class CodeBook:
@@ -67,10 +70,7 @@ class CodeBook:
                 self._captures[code_id] = Capture(
                     dict(rule.captures), self.settings.max_attribute_values
                 )
-        events = sys.monitoring.events
-        sys.monitoring.set_local_events(
-            self.tool, code, events.PY_RESUME | events.PY_YIELD | events.PY_RETURN
-        )
+        sys.monitoring.set_local_events(self.tool, code, _TRACED_EVENTS)
         entry = (code_id, code.co_qualname, code.co_filename, code.co_firstlineno, module)
         self._code_table.append(entry)
         self.new_codes.append(entry)
@@ -89,7 +89,7 @@ class CodeBook:
             if code is not None and id(code) not in self._wake_codes:
                 self._wake_codes.add(id(code))
                 self._codes.append(code)
-                sys.monitoring.set_local_events(self.tool, code, sys.monitoring.events.PY_RETURN)
+                sys.monitoring.set_local_events(self.tool, code, _WAKE_EVENTS)
 
     def all_codes(self) -> list[CodeEntry]:
         """Every code entry so far (sent again in full after a reconnect)."""
@@ -98,3 +98,10 @@ class CodeBook:
     def local_codes(self) -> list[CodeType]:
         """Every code object this tracker enabled local events on (for a clean stop)."""
         return list(self._codes)
+
+    def enable_local_events(self) -> None:
+        """Enable again the local events of every code in local_codes (a burst starts)."""
+        wake_codes = self._wake_codes
+        for code in list(self._codes):
+            events = _WAKE_EVENTS if id(code) in wake_codes else _TRACED_EVENTS
+            sys.monitoring.set_local_events(self.tool, code, events)

@@ -8,6 +8,7 @@ pays for one PY_START callback returning DISABLE. PY_UNWIND and PY_THROW cannot 
 from __future__ import annotations
 
 import sys
+import threading
 from types import CodeType
 
 from .tracker import Tracker
@@ -43,12 +44,15 @@ def claim_tool_id(name: str) -> int:
 
 
 class Installation:
-    """The tracker's callbacks registered on a tool id; `remove` undoes all of it."""
+    """The tracker's callbacks registered on a tool id; `remove` undoes all of it. Between
+    bursts (bursts.py) `pause` switches every event off and `resume` on again; the lock
+    keeps a burst from switching them on after (or during) `remove` on another thread."""
 
     def __init__(self, tool: int, tracker: Tracker) -> None:
         self.tool = tool
         self.tracker = tracker
         self.active = False
+        self._lock = threading.Lock()
 
     def install(self) -> None:
         """Register the callbacks (Python or compiled: the tracker's) and enable the global
@@ -58,26 +62,48 @@ class Installation:
         _mon.set_events(self.tool, GLOBAL_EVENTS)
         self.active = True
 
+    def pause(self) -> bool:
+        """Switch every event off, global and local (callbacks stay registered); False if
+        removed already."""
+        with self._lock:
+            if not self.active:
+                return False
+            self._events_off()
+            return True
+
+    def resume(self) -> bool:
+        """Switch the events `pause` switched off on again; False if removed already."""
+        with self._lock:
+            if not self.active:
+                return False
+            self.tracker.enable_local_events()
+            _mon.set_events(self.tool, GLOBAL_EVENTS)
+            return True
+
     def remove(self) -> None:
         """Disable every event (global and local), unregister callbacks, free the tool id."""
-        if not self.active:
-            return
-        self.active = False
+        with self._lock:
+            if not self.active:
+                return
+            self.active = False
+            self._events_off()
+            for event in (_E.PY_START, _E.PY_RESUME, _E.PY_THROW, _E.PY_YIELD, _E.PY_RETURN,
+                          _E.PY_UNWIND):  # fmt: skip
+                _mon.register_callback(self.tool, event, None)
+            clear = getattr(_mon, "clear_tool_id", None)  # 3.13+
+            if clear is not None:
+                clear(self.tool)
+            # The DISABLE marks our callbacks returned outlive free_tool_id (and
+            # clear_tool_id): the next owner of this id (cProfile uses PROFILER_ID) would
+            # silently miss those calls. restart_events is the only way to lift them; tools
+            # still running just see each location once more and disable it again.
+            _mon.restart_events()
+            _mon.free_tool_id(self.tool)
+
+    def _events_off(self) -> None:
         _mon.set_events(self.tool, 0)
         for code in self.tracker.local_codes():
             _clear_local(self.tool, code)
-        for event in (_E.PY_START, _E.PY_RESUME, _E.PY_THROW, _E.PY_YIELD, _E.PY_RETURN,
-                      _E.PY_UNWIND):  # fmt: skip
-            _mon.register_callback(self.tool, event, None)
-        clear = getattr(_mon, "clear_tool_id", None)  # 3.13+
-        if clear is not None:
-            clear(self.tool)
-        # The DISABLE marks our callbacks returned outlive free_tool_id (and clear_tool_id):
-        # the next owner of this id (cProfile uses PROFILER_ID) would silently miss those
-        # calls. restart_events is the only way to lift them; tools still running just
-        # see each location once more and disable it again.
-        _mon.restart_events()
-        _mon.free_tool_id(self.tool)
 
 
 def _clear_local(tool: int, code: CodeType) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import wire
 from .accelerator import AcceleratedTracker, new_tracker
+from .bursts import Bursts
 from .channel import Channel, connect
 from .codefilter import CodeFilter
 from .monitoring import Installation, NoFreeToolId, claim_tool_id
@@ -67,6 +68,7 @@ class Agent:
         self._installation: Installation | None = None
         self._watcher: LoopWatcher | None = None
         self._sender: Sender | None = None
+        self._bursts: Bursts | None = None
         self._loops = 0
         self._adopted = 0
         self._pid = os.getpid()
@@ -94,7 +96,9 @@ class Agent:
         installation.install()
         tracker.watch_selector_wakeups()
         self._loops, self._adopted = adopt_existing(tracker, watcher)
-        sender = Sender(tracker, self._channel, self.hello, self._stop_from_sender)
+        if Bursts.wanted(self.settings):
+            self._bursts = Bursts(self.settings, installation, time.monotonic())
+        sender = Sender(tracker, self._channel, self.hello, self._stop_from_sender, self._bursts)
         self._sender = sender
         self._channel.send(wire.HELLO, self.hello(False))
         sender.start()
@@ -182,7 +186,7 @@ class Agent:
             channel = old.channel
             channel.broken = True
         self._channel = channel
-        self._sender = Sender(tracker, channel, self.hello, self._stop_from_sender)
+        self._sender = Sender(tracker, channel, self.hello, self._stop_from_sender, self._bursts)
         channel.send(wire.HELLO, self.hello(False))
         channel.send(wire.CODES, tracker.all_codes())
         self._sender.start()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import wire
+from .bursts import Bursts
 from .channel import Channel, connect
 from .tracker import Tracker
 
@@ -32,8 +33,10 @@ class Sender:
         channel: Channel,
         hello: Callable[[bool], dict[str, Any]],
         on_stop_request: Callable[[str], None],
+        bursts: Bursts | None = None,
     ) -> None:
         self.tracker = tracker
+        self.bursts = bursts
         self.channel = channel
         self._hello = hello
         self._on_stop_request = on_stop_request
@@ -69,13 +72,18 @@ class Sender:
         next_connect = 0.0
         orphan_timeout = self.tracker.settings.orphan_timeout
         lost_at: float | None = None
-        while not self._stop.wait(TICK):
+        bursts = self.bursts
+        while not self._stop.wait(
+            TICK if bursts is None else min(TICK, bursts.until_next(time.monotonic()))
+        ):
             try:
                 for kind, body in self.channel.receive():
                     if kind == wire.STOP:
                         self._on_stop_request(str(body.get("reason", "detach")))
                         return
                 now = time.monotonic()
+                if bursts is not None:
+                    bursts.tick(now)
                 if self.channel.broken:
                     lost_at = now if lost_at is None else lost_at
                     if orphan_timeout and now - lost_at > orphan_timeout:
@@ -131,6 +139,7 @@ class Sender:
             "internal_errors": tracker.internal_errors,
             "last_error": tracker.last_error,
             "reconnects": self.reconnects,
+            "bursts": self.bursts.stats() if self.bursts is not None else None,
         }
 
     def _reconnect(self) -> None:

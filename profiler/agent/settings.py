@@ -54,6 +54,10 @@ class AgentSettings:
     accelerator: bool = True
     """Use the compiled callbacks when they load in the target (else pure Python, the same
     spans). False when the host has ASYNC_INSPECT_ACCELERATOR=0, see `profiler.payload`."""
+    burst: float = 0.0
+    """Seconds each burst records (bursts.py); 0: record all the time."""
+    burst_every: float = 0.0
+    """Seconds from the start of one burst to the start of the next."""
     orphan_timeout: float = 0.0
     """Detach by itself after the collector has been unreachable this long (0: never).
     An attach session's socket dies with its CLI; a node daemon comes back on restart."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import wire
 
-__all__ = ["Span", "TaskInfo", "in_flight", "new_span", "to_wire"]
+__all__ = ["Span", "TaskInfo", "end_in_flight", "in_flight", "new_span", "to_wire"]
 
 Span = list[Any]
 
@@ -81,22 +81,28 @@ def in_flight(spans: list[Span], now: int) -> list[tuple[Any, ...]]:
     running or blocked (they are copied: the spans stay open)."""
     records = []
     for span in spans:
-        if not span[SAMPLED]:
-            continue
-        copy = list(span)
-        copy[END] = now
-        resumed = copy[RESUMED]
-        if resumed:
-            copy[BUSY] += now - resumed
-        copy[STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
-        copy[FLAGS] |= wire.FLAG_IN_FLIGHT
-        copy[EVENTS] = list(span[EVENTS] or ())
-        info = copy[TASK_INFO]
-        if info is not None:
-            copy[TASK_NAME] = info.name()
-            copy[PARENT_TASK] = info.creator_task
-        records.append(to_wire(copy))
+        if span[SAMPLED]:
+            copy = list(span)
+            copy[EVENTS] = list(span[EVENTS] or ())
+            records.append(to_wire(end_in_flight(copy, now)))
     return records
+
+
+def end_in_flight(span: Span, now: int) -> Span:
+    """`span` (an open one, taken out of `open` or a copy) ended `now` before its coroutine
+    did: marked running or blocked, and in flight."""
+    span[END] = now
+    resumed = span[RESUMED]
+    if resumed:
+        span[BUSY] += now - resumed
+        span[RESUMED] = 0
+    span[STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
+    span[FLAGS] |= wire.FLAG_IN_FLIGHT
+    info = span[TASK_INFO]
+    if info is not None:
+        span[TASK_NAME] = info.name()
+        span[PARENT_TASK] = info.creator_task
+    return span
 
 
 class TaskInfo:

@@ -36,7 +36,8 @@ def make_factory(tracker: Tracker, inner: TaskFactory | None) -> TaskFactory:
     def async_inspect_task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
         info = None
         try:
-            info = tracker.task_created(coro, sys._getframe(1))
+            if not tracker.paused:  # between bursts nothing is recorded (bursts.py)
+                info = tracker.task_created(coro, sys._getframe(1))
         except Exception as exc:  # never let our bookkeeping break task creation
             tracker.fault(exc)
         task = (

@@ -117,7 +117,8 @@ class Tracker(CodeBook, TaskBook):
         self._max_event_items = 3 * settings.max_events
         self._split_ns = int(settings.split_after * 1e9)
         self._ratio = settings.sample_ratio
-        self.started_at = _now()
+        self.started_at = self.watching_since = _now()
+        self.paused = False  # between two bursts (bursts.py): every event is off
         self.meters = Meters()
 
     # -- sys.monitoring callbacks (hot path) --------------------------------------------
@@ -348,7 +349,7 @@ class Tracker(CodeBook, TaskBook):
         code_id = self.code_ids.get(id(code))
         if code_id is None:
             return
-        span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at)
+        span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.watching_since)
         if span is not None:
             now = span[RESUMED] = _now()
             self._became_running()
@@ -459,6 +460,23 @@ class Tracker(CodeBook, TaskBook):
         roots = [span for span in list(self.open.values()) if span[FLAGS] & wire.FLAG_TASK_ROOT]
         resumed = [span[RESUMED] for span in roots if span[RESUMED]]
         return len(roots), len(resumed), min(resumed, default=0)
+
+    def cut(self, now: int) -> int:
+        """A burst ended, its events off: every open span leaves `open`, and the sampled
+        ones are finished as in flight (spans.end_in_flight). Returns how many were."""
+        spans = list(self.open.values())
+        self.open.clear()
+        self._wake_times.clear()
+        self._forget_running()
+        cut = [S.end_in_flight(span, now) for span in spans if span[SAMPLED]]
+        room = max(0, self._max_buffer - len(self.finished))
+        self.finished.extend(cut[:room])
+        for _ in cut[room:]:
+            self._drop("buffer_full")
+        return len(cut)
+
+    def _forget_running(self) -> None:
+        """No span of ours is running any more (the compiled callbacks count them)."""
 
     def clear(self) -> None:
         """Forget every span, task and count (after a final flush, or in a forked child)."""

@@ -67,6 +67,9 @@ def collect_options[F: Callable[..., Any]](function: F) -> F:
                      "[OTEL_TRACES_SAMPLER]."),
         click.option("--sampler-arg", callback=_parsed("sampler_arg"), metavar="RATIO",
                      help="Sampling ratio 0..1 [OTEL_TRACES_SAMPLER_ARG]."),
+        click.option("--burst", callback=_parsed("burst"), metavar="SECONDS",
+                     help="Record everything in bursts this long, the sampling ratio's share "
+                     "of the time, with every event off in between [ASYNC_INSPECT_BURST]."),
         click.option("--include", multiple=True, callback=_parsed("include"), metavar="GLOB",
                      help="Also trace these modules (library code) [ASYNC_INSPECT_INCLUDE]."),
         click.option("--exclude", multiple=True, callback=_parsed("exclude"), metavar="GLOB",

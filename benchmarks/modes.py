@@ -111,13 +111,10 @@ def sampled(ratio: str) -> Command:
     return exporting("--sampler", "traceidratio", "--sampler-arg", ratio)
 
 
-BURST = "0.05"  # seconds: one burst per 5 s window at 1 %, ten at 10 %
-
-
-def in_bursts(ratio: str) -> Command:
+def in_bursts(ratio: str, burst: str) -> Command:
     """Export with `--burst BURST` at that ratio: the ratio's share of the time recorded,
     every event off in between (profiler/agent/bursts.py)."""
-    return exporting("--burst", BURST, "--sampler", "traceidratio", "--sampler-arg", ratio)
+    return exporting("--burst", burst, "--sampler", "traceidratio", "--sampler-arg", ratio)
 
 
 def otel_peer(ctx: ModeContext, target: list[str]) -> list[str]:
@@ -255,8 +252,9 @@ MODES: dict[str, Mode] = {
         Mode("run-full", exporting(), under_cli=True, exported_share=1.0),
         Mode("run-10pct", sampled("0.1"), under_cli=True, exported_share=0.1),
         Mode("run-1pct", sampled("0.01"), under_cli=True, exported_share=0.01),
-        Mode("run-burst-10pct", in_bursts("0.1"), under_cli=True, exported_share=0.1),
-        Mode("run-burst-1pct", in_bursts("0.01"), under_cli=True, exported_share=0.01),
+        # One burst per 5 s measurement window (W2, W3), wherever the window falls.
+        Mode("run-burst-10pct", in_bursts("0.1", "0.5"), under_cli=True, exported_share=0.1),
+        Mode("run-burst-1pct", in_bursts("0.01", "0.05"), under_cli=True, exported_share=0.01),
         Mode("run-noexport", under_run("--no-tree"), under_cli=True, exported_share=0.0),
         Mode("attached", baseline, under_cli=False, exported_share=1.0, on_ready=attach),
         Mode("after-detach", baseline, under_cli=False, exported_share=0.0,

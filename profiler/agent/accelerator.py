@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 5  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 6  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
-CODE_WAKE, CODE_CAPTURE, CODE_RATE = 2, 4, 8
+CODE_WAKE, CODE_CAPTURE, CODE_RATE, CODE_REJECTED = 2, 4, 8, 64
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -99,6 +99,7 @@ def _layout() -> dict[str, int]:
     layout["FLAG_TASK_ROOT"] = wire.FLAG_TASK_ROOT
     layout["FLAG_START_UNKNOWN"] = wire.FLAG_START_UNKNOWN
     layout.update(CODE_WAKE=CODE_WAKE, CODE_CAPTURE=CODE_CAPTURE, CODE_RATE=CODE_RATE)
+    layout["CODE_REJECTED"] = CODE_REJECTED
     layout["WIRE_FIELDS"] = wire.SPAN_FIELDS
     return layout
 
@@ -169,6 +170,11 @@ class AcceleratedTracker(Tracker):
             )
             self._hooks.add_code(code, code_id, flags)
         return code_id
+
+    def _reject(self, code: CodeType) -> None:
+        super()._reject(code)
+        if id(code) in self._rejected:
+            self._hooks.add_code(code, 0, CODE_REJECTED)
 
     def _consider_at_start(self, code: CodeType, frame: FrameType) -> int | None:
         # Called by the C on_start the first time it sees `code`.

@@ -21,6 +21,7 @@ CodeEntry = tuple[int, str, str, int, str]
 _E = sys.monitoring.events
 _TRACED_EVENTS = _E.PY_RESUME | _E.PY_YIELD | _E.PY_RETURN
 _WAKE_EVENTS = _E.PY_RETURN  # a selector's select() returned: the loop woke up
+MAX_REJECTED = 65_536  # code objects remembered as not traced (beyond: asked again)
 
 
 class CodeBook:
@@ -40,6 +41,9 @@ class CodeBook:
     _code_rates: dict[int, float]  # sample rate of traces rooted there (rules)
     _captures: dict[int, Capture]  # attributes from arguments (rules)
     _wake_codes: set[int]  # ids of selector select() codes
+    # Code not traced, by id, kept alive while we hold its id: only in burst mode, where each
+    # burst switches PY_START on again where it returned DISABLE (bursts.py).
+    _rejected: dict[int, CodeType]
 
     def _init_codes(self, code_filter: CodeFilter) -> None:
         self._filter = code_filter
@@ -51,14 +55,18 @@ class CodeBook:
         self._code_rates = {}
         self._captures = {}
         self._wake_codes = set()
+        self._rejected = {}
 
     def consider(self, code: CodeType, module: str) -> int | None:
         """Code id if coroutines of `code` are traced (enabling its local events), else None."""
         known = self.code_ids.get(id(code))
         if known is not None:
             return known
+        if id(code) in self._rejected:
+            return None
         wanted, rule = self._filter.decide(code, module)
         if not wanted:
+            self._reject(code)
             return None
         code_id = self._code_counter()
         self.code_ids[id(code)] = code_id
@@ -75,6 +83,11 @@ class CodeBook:
         self._code_table.append(entry)
         self.new_codes.append(entry)
         return code_id
+
+    def _reject(self, code: CodeType) -> None:
+        """Remember that `code` is not traced, if bursts will ask again (up to a bound)."""
+        if self.settings.burst > 0 and len(self._rejected) < MAX_REJECTED:
+            self._rejected[id(code)] = code
 
     def watch_selector_wakeups(self) -> None:
         """Note when each selector's select() returns: the loop woke up to run callbacks.

@@ -24,7 +24,7 @@
 _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 5
+#define ABI_VERSION 6
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {

@@ -122,6 +122,10 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
     }
     CodeSlot *slot = code_find(&h->codes, code);
     if (slot == NULL || slot->code_id == 0) {
+        if (slot != NULL && (slot->flags & AI_CODE_REJECTED)) {
+            /* A burst switched PY_START on again where it had been disabled (bursts.py). */
+            return Py_NewRef(h->disable);
+        }
         PyObject *known = call_method(h, NAME(h, _consider_at_start), code, frame);
         if (known == NULL) {
             return fault(h);

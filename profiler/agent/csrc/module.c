@@ -60,6 +60,7 @@ check_layout(PyObject *layout)
         {"STATE_RUNNING", STATE_RUNNING}, {"FLAG_TASK_ROOT", FLAG_TASK_ROOT},
         {"FLAG_START_UNKNOWN", FLAG_START_UNKNOWN}, {"CODE_CAPTURE", AI_CODE_CAPTURE},
         {"CODE_RATE", AI_CODE_RATE}, {"CODE_WAKE", AI_CODE_WAKE}, {"WIRE_FIELDS", WIRE_FIELDS},
+        {"CODE_REJECTED", AI_CODE_REJECTED},
     };
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
         int64_t value;

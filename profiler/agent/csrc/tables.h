@@ -29,6 +29,7 @@ enum {
     AI_CODE_RATE = 8,    /* a rule sets the sample rate of traces rooted here */
     AI_CODE_CHAIN_KNOWN = 16, /* co_flags read by a parent walk: */
     AI_CODE_CHAIN = 32,       /* the await chain goes on through its frames */
+    AI_CODE_REJECTED = 64,    /* not traced, known from an earlier burst (bursts.py) */
 };
 
 static inline size_t

@@ -1,0 +1,136 @@
+"""Bursts in-process, with real sys.monitoring: the switching on a made-up clock, the spans a
+burst's end cuts, and code not traced asked about once, not at every burst. Both trackers.
+(End to end through the CLI: tests/integration/test_bursts.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from profiler import wire
+from profiler.agent.bursts import Bursts
+from profiler.agent.monitoring import Installation, claim_tool_id
+from profiler.agent.settings import AgentSettings
+from profiler.agent.tracker import Tracker
+from tests.unit.tracking import installed
+
+pytestmark = pytest.mark.usefixtures("tool_ids_are_freed")
+_mon = sys.monitoring
+BURSTS = AgentSettings(burst=0.2, burst_every=1.0)
+
+
+@pytest.fixture
+def tracked(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> Iterator[tuple[Tracker, Installation]]:
+    tracker = new_tracker(BURSTS, claim_tool_id("async-inspect-test"))
+    installation = installed(tracker)
+    try:
+        yield tracker, installation
+    finally:
+        installation.remove()
+    assert tracker.internal_errors == 0, tracker.last_error
+
+
+async def waits(gate: asyncio.Event) -> str:
+    await gate.wait()
+    return "done"
+
+
+def plain(n: int) -> int:
+    return n + 1
+
+
+def test_bursts_switch_every_event_off_and_on_on_schedule(
+    tracked: tuple[Tracker, Installation],
+) -> None:
+    tracker, installation = tracked
+    asyncio.run(waits_set())  # a traced code now has local events
+    (traced,) = [c for c in tracker.local_codes() if c.co_name == "waits"]
+    on = _mon.get_events(tracker.tool), _mon.get_local_events(tracker.tool, traced)
+    assert on[0] and on[1]
+    bursts = Bursts(BURSTS, installation, now=100.0)
+    # WHEN the clock passes the burst's end THEN every event is off, global and local
+    bursts.tick(100.19)
+    assert bursts.recording and bursts.until_next(100.19) == pytest.approx(0.01)
+    bursts.tick(100.2)
+    assert not bursts.recording and tracker.paused
+    assert _mon.get_events(tracker.tool) == 0 and _mon.get_local_events(tracker.tool, traced) == 0
+    # ...until a period after the burst started, when they are on again as before
+    bursts.tick(100.99)
+    assert not bursts.recording
+    bursts.tick(101.0)
+    assert bursts.recording and not tracker.paused and bursts.count == 2
+    assert (_mon.get_events(tracker.tool), _mon.get_local_events(tracker.tool, traced)) == on
+    assert bursts.until_next(101.0) == pytest.approx(0.2)
+    # A late tick (the GIL was busy) keeps the pause as long as it should be
+    bursts.tick(101.5)
+    assert bursts.until_next(101.5) == pytest.approx(0.8)
+
+
+async def waits_set() -> None:
+    gate = asyncio.Event()
+    gate.set()
+    await waits(gate)
+
+
+def test_a_burst_end_cuts_the_open_spans_and_the_next_burst_adopts_them(
+    tracked: tuple[Tracker, Installation],
+) -> None:
+    tracker, installation = tracked
+    bursts = Bursts(BURSTS, installation, now=0.0)
+    cut: list[Any] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        task = asyncio.ensure_future(waits(gate))
+        await asyncio.sleep(0)  # it waits on the gate, its span open
+        assert len(tracker.open) >= 1
+        tracker.finished.clear()
+        bursts.tick(0.2)  # the burst ends
+        assert not tracker.open
+        cut.extend(tracker.finished)
+        tracker.finished.clear()
+        await asyncio.sleep(0)
+        bursts.tick(1.0)  # the next one starts
+        gate.set()
+        assert await task == "done"
+
+    asyncio.run(main())
+    # THEN the span open at the end went out in flight, blocked, and the rest was dropped
+    names = {entry[0]: entry[1].rsplit(".", 1)[-1] for entry in tracker.all_codes()}
+    (waiting,) = [s for s in cut if names[s[wire.SPAN_CODE]] == "waits"]
+    assert waiting[wire.SPAN_FLAGS] & wire.FLAG_IN_FLIGHT
+    assert waiting[wire.SPAN_STATE] == wire.STATE_BLOCKED
+    assert bursts.cut_spans == len(cut) == 2  # main, running then, and waits
+    assert {names[s[wire.SPAN_CODE]] for s in cut} == {"main", "waits"}
+    # ...and the next burst adopted the coroutine when it resumed, and saw it complete
+    (adopted,) = [s for s in tracker.finished if names[s[wire.SPAN_CODE]] == "waits"]
+    assert adopted[wire.SPAN_FLAGS] & wire.FLAG_START_UNKNOWN
+    assert adopted[wire.SPAN_STATE] == wire.STATE_COMPLETED
+
+
+def test_code_not_traced_is_asked_about_once_across_bursts(
+    tracked: tuple[Tracker, Installation], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker, installation = tracked
+    asked: list[str] = []
+    decide = tracker._filter.decide
+
+    def counting(code: Any, module: str) -> Any:
+        asked.append(code.co_name)
+        return decide(code, module)
+
+    monkeypatch.setattr(tracker._filter, "decide", counting)
+    bursts = Bursts(BURSTS, installation, now=0.0)
+    plain(1)
+    for second in range(3):  # it runs between bursts too, which lifts its DISABLE
+        bursts.tick(second + 0.2)
+        plain(1)
+        bursts.tick(second + 1.0)
+        plain(1)
+    assert asked.count("plain") == 1

@@ -20,7 +20,6 @@ for these events would switch them off process-wide.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 from .. import wire
 from . import spans as S
+from .adoption import Adoption
 from .app_trace import app_otel_parent
 from .codebook import CodeBook
 from .codefilter import CodeFilter
@@ -67,7 +67,6 @@ from .taskbook import _MAX_WALK, TaskBook
 __all__ = ["Tracker", "callbacks_of"]
 
 _getframe = sys._getframe
-_current_task = asyncio.current_task
 _now = time.perf_counter_ns
 _native_thread = threading.get_native_id
 _thread_ident = threading.get_ident
@@ -95,9 +94,10 @@ def callbacks_of(handler: object) -> dict[int, Callable[..., object]]:
     return {getattr(events, event): getattr(handler, name) for event, name in _CALLBACKS.items()}
 
 
-class Tracker(CodeBook, TaskBook):
+class Tracker(CodeBook, TaskBook, Adoption):
     """Holds every live span and turns monitoring events into finished spans (the code
-    objects it traces: CodeBook; the asyncio tasks it knows: TaskBook)."""
+    objects it traces: CodeBook; the asyncio tasks it knows: TaskBook; coroutines that
+    started before we watched them: Adoption)."""
 
     def __init__(self, settings: AgentSettings, code_filter: CodeFilter, tool: int) -> None:
         self.settings = settings
@@ -344,21 +344,6 @@ class Tracker(CodeBook, TaskBook):
         # At PY_START the frame's locals are exactly its arguments.
         return self._captures[code_id].values(frame.f_locals) or None
 
-    def _adopt(self, code: CodeType, frame: FrameType) -> None:
-        """A traced coroutine resumed that started before we watched it: track it from now."""
-        code_id = self.code_ids.get(id(code))
-        if code_id is None:
-            return
-        span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.watching_since)
-        if span is not None:
-            now = span[RESUMED] = _now()
-            self._became_running()
-            if span[EVENTS] is not None:
-                span[EVENTS] = [_POLL, now, None]  # its first poll seen, not a start
-
-    def _became_running(self) -> None:
-        """Python made a span in `open` running (the compiled callbacks count them)."""
-
     def _finish(self, span: S.Span, state: int, t: int, exc: BaseException | None) -> None:
         span[END] = t
         resumed = span[RESUMED]
@@ -404,38 +389,6 @@ class Tracker(CodeBook, TaskBook):
             events += (_POLL, t, detail)
         else:
             span[EVENTS_DROPPED] += 1
-
-    # -- tasks --------------------------------------------------------------------------
-
-    def adopt_chain(self, task: Any, coros: list[Any]) -> int:
-        """Track a task's traced coroutines (outermost first); returns spans made. They are
-        suspended, unless the task is in a step now (the agent started inside it, or while
-        its thread waits in a blocking call): then they are running from now."""
-        info: S.TaskInfo | None = self.info_for(task)
-        parent: S.Span | None = None
-        made = 0
-        running = _in_step(task)
-        for coro in coros:
-            frame = getattr(coro, "cr_frame", None)
-            if frame is None or frame in self.open:
-                parent = self.open.get(frame) if frame is not None else parent
-                continue
-            code_id = self.consider(frame.f_code, frame.f_globals.get("__name__", "?"))
-            if code_id is None:
-                continue
-            where = (parent, None, True) if parent is not None else (None, info, False)
-            span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.started_at, where)
-            if span is None:
-                break
-            if running:
-                span[RESUMED] = _now()
-                self._became_running()
-            else:
-                span[RESUMED] = 0  # suspended right now: no poll seen yet
-            if span[EVENTS] is not None:
-                span[EVENTS] = []
-            parent, made = span, made + 1
-        return made
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -505,11 +458,3 @@ _STATE_EVENTS = {
     wire.STATE_FAILED: wire.EVENT_FAILED,
     wire.STATE_CANCELLED: wire.EVENT_CANCELLED,
 }
-
-
-def _in_step(task: Any) -> bool:
-    """Whether `task` is its loop's current task: in a step, its frames on a stack."""
-    try:
-        return bool(_current_task(task.get_loop()) is task)
-    except Exception:  # a task class of another kind: taken as suspended, as before
-        return False

@@ -255,6 +255,8 @@ MODES: dict[str, Mode] = {
         # One burst per 5 s measurement window (W2, W3), wherever the window falls.
         Mode("run-burst-10pct", in_bursts("0.1", "0.5"), under_cli=True, exported_share=0.1),
         Mode("run-burst-1pct", in_bursts("0.01", "0.05"), under_cli=True, exported_share=0.01),
+        # One burst as the target starts, before any load: attached, and paused for 500 s.
+        Mode("run-paused", in_bursts("0.0001", "0.05"), under_cli=True, exported_share=0.0001),
         Mode("run-noexport", under_run("--no-tree"), under_cli=True, exported_share=0.0),
         Mode("attached", baseline, under_cli=False, exported_share=1.0, on_ready=attach),
         Mode("after-detach", baseline, under_cli=False, exported_share=0.0,

@@ -26,6 +26,7 @@ SPEC = {  # the spec's overhead table: configuration -> claimed overhead
     "run-burst-1pct": "<0.1%",
 }
 LABELS = {
+    "run-paused": "attached, every event off (`--burst` with a ratio of 0.0001)",
     "run-noexport": "No export (`run --no-tree`)",
     "run-full": "Export, no sampling (`run --endpoint`)",
     "run-10pct": "Export, 10% sampling",

@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from collector.service import agent_settings_from
+from collector.settings import resolve
 from profiler import wire
 from profiler.agent.bursts import Bursts
 from profiler.agent.monitoring import Installation, claim_tool_id
 from profiler.agent.settings import AgentSettings
 from profiler.agent.tracker import Tracker
+from profiler.errors import ConfigError
 from tests.unit.tracking import installed
 
 pytestmark = pytest.mark.usefixtures("tool_ids_are_freed")
@@ -134,3 +137,30 @@ def test_code_not_traced_is_asked_about_once_across_bursts(
         bursts.tick(second + 1.0)
         plain(1)
     assert asked.count("plain") == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "file"),
+    [
+        ({"ASYNC_INSPECT_BURST": "0.5", "OTEL_TRACES_SAMPLER": "traceidratio",
+          "OTEL_TRACES_SAMPLER_ARG": "0.1"}, None),
+        ({}, {"burst": 0.5, "sampler": "parentbased_traceidratio", "sampler_arg": 0.1}),
+    ],
+    ids=["environment", "config-file"],
+)  # fmt: skip
+def test_the_ratio_becomes_the_share_of_time_the_agent_records(
+    environ: dict[str, str], file: dict[str, Any] | None
+) -> None:
+    settings = resolve({}, environ, file)
+    agent = agent_settings_from(settings)
+    # Inside a burst every trace is recorded; a burst starts every 0.5 / 0.1 seconds
+    assert (agent.burst, agent.burst_every, agent.sample_ratio) == (0.5, pytest.approx(5.0), 1.0)
+    assert Bursts.wanted(agent)
+    assert not Bursts.wanted(agent_settings_from(resolve({}, {}, None)))
+
+
+@pytest.mark.parametrize("sampler", ["always_on", "always_off", "traceidratio"])
+def test_bursts_without_a_ratio_between_0_and_1_are_refused(sampler: str) -> None:
+    environ = {"ASYNC_INSPECT_BURST": "0.5", "OTEL_TRACES_SAMPLER": sampler}
+    with pytest.raises(ConfigError, match="need a sampling ratio between 0 and 1"):
+        resolve({}, environ, None)  # traceidratio without an argument is a ratio of 1

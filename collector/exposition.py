@@ -109,6 +109,16 @@ class _Exposition(Collector):
         fill = GaugeMetricFamily(
             "async_inspect_agent_buffer_fill_ratio", "Agent buffer use, 0..1", labels=ids
         )
+        recording = GaugeMetricFamily(
+            "async_inspect_recording",
+            "1 while the agent's events are on (between bursts 0: --burst)",
+            labels=ids,
+        )
+        share = GaugeMetricFamily(
+            "async_inspect_recorded_share",
+            "Share of the time the agent records (1 unless --burst): divide call rates by it",
+            labels=ids,
+        )
         slow = CounterMetricFamily(
             "async_inspect_slow_steps",
             "Steps that blocked the event loop longer than le seconds",
@@ -138,8 +148,10 @@ class _Exposition(Collector):
             for reason in sorted({*_DROP_REASONS, *process.dropped}):
                 dropped.add_metric([*values, reason], process.dropped.get(reason, 0))
             fill.add_metric(values, process.buffer_fill)
+            recording.add_metric(values, 1.0 if process.recording else 0.0)
+            share.add_metric(values, process.recorded_share)
         yield from (live, created, finished, polls, busy, longest, slow, up, received, dropped,
-                    fill)  # fmt: skip
+                    fill, recording, share)  # fmt: skip
         yield GaugeMetricFamily(
             "async_inspect_processes_attached", "Processes observed now", value=attached
         )

@@ -51,6 +51,8 @@ class _Process:
     runtime: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     buffer_fill: float = 0.0
+    recording: bool = True  # the agent's events are on (off between bursts: --burst)
+    recorded_share: float = 1.0  # share of the time it records
     ended_at: float | None = None
 
 
@@ -83,6 +85,12 @@ class MetricsStore:
         process.runtime = {k: v for k, v in metrics.items() if k != "spans"}
         process.dropped = {str(k): int(v) for k, v in (stats.get("dropped") or {}).items()}
         process.buffer_fill = float(stats.get("buffer_fill") or 0.0)
+        bursts = stats.get("bursts")
+        if isinstance(bursts, dict):
+            process.recording = bool(bursts.get("recording", True))
+            share = bursts.get("share")
+            if isinstance(share, (int, float)) and 0.0 < share <= 1.0:
+                process.recorded_share = float(share)
 
     def ended(self, session: ProcessSession, lost: bool) -> None:
         """The process detached or exited: keep its span totals in its service's series."""

@@ -73,4 +73,9 @@ class Bursts:
 
     def stats(self) -> dict[str, object]:
         """For the STATS frame."""
-        return {"recording": self.recording, "count": self.count, "cut_spans": self.cut_spans}
+        return {
+            "recording": self.recording,
+            "share": self._length / self._every,
+            "count": self.count,
+            "cut_spans": self.cut_spans,
+        }

@@ -122,7 +122,38 @@ def test_span_metrics_are_exact_whatever_the_sampling(sampler: str, running: lis
     assert received < 300 / 5
     finished = {labels["outcome"]: v for labels, v in found["async_inspect_tasks_finished_total"]}
     assert finished["completed"] == 301  # 300 gathered handle() tasks + main
+    # AND sampling per trace records all the time
+    assert [v for _, v in found["async_inspect_recorded_share"]] == [1.0]
+    assert [v for _, v in found["async_inspect_recording"]] == [1.0]
     assert run.stop() == ""
+
+
+def test_bursts_show_the_share_of_time_recorded() -> None:
+    # GIVEN an app run in bursts of 0.2 s, 25 % of the time
+    port = free_port()
+    app = subprocess.Popen(
+        [*CLI, "run", "-q", "--no-tree", "--metrics-port", str(port), "--burst", "0.2",
+         "--sampler", "traceidratio", "--sampler-arg", "0.25", "--",
+         INTERPRETERS[min(INTERPRETERS)], str(TARGETS / "burst_app.py"), "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert app.stdout is not None and app.stdout.readline() == "ready\n"
+        shares, recording = set(), set()
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:  # WHEN scraping while it runs
+            status, text = get(port, "/metrics")
+            found = samples(text) if status == 200 else {}
+            shares.update(v for _, v in found.get("async_inspect_recorded_share", []))
+            recording.update(v for _, v in found.get("async_inspect_recording", []))
+            time.sleep(0.1)
+        app.communicate(timeout=30)
+    finally:
+        app.kill()
+        app.wait()
+    # THEN the share scales its call rates, and the agent reported itself paused
+    assert shares == {0.25}
+    assert 0.0 in recording, recording
 
 
 def test_tempo_naming_and_health_endpoints(running: list[Running]) -> None:

@@ -87,10 +87,15 @@ def attach_session(
                 if watch.error is not None:
                     raise _agent_error(pid, watch.error)
                 record_session(pid)
+                bursts = (
+                    f"; recording {settings.burst:g}s every {settings.burst_every:g}s"
+                    if settings.burst is not None
+                    else ""
+                )
                 reporter.say(
                     f"attached to PID {pid} in {took:.2f}s (Python {target.version_str}, "
                     f"via {method}, "
-                    f"{callbacks_note(watch.hello)}); Ctrl-C to detach"
+                    f"{callbacks_note(watch.hello)}){bursts}; Ctrl-C to detach"
                 )
                 outcome = _stream(watch, duration)
                 if outcome != "exited":

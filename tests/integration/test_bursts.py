@@ -101,6 +101,7 @@ def test_attach_records_in_bursts(receiver: OtlpReceiver) -> None:
         target.kill()
         target.wait(10)
     assert session.returncode == 0, session.stderr
+    assert "; recording 0.2s every 0.8s; Ctrl-C to detach" in session.stderr
     assert f"PID {target.pid} exited" in session.stderr
     # THEN the same holds from the attach on (the first burst starts with it)
     timeline = Timeline.parse(stdout)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import pytest
 
 from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params, outside_tmp
 from tests.integration.exporting import CLEAN_ENV, PYTHON, run
+from tests.integration.test_attach import Session, Target
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 BURST, RATIO = 0.2, 0.25  # a burst every 0.8 s
@@ -107,6 +109,29 @@ def test_attach_records_in_bursts(receiver: OtlpReceiver) -> None:
     timeline = Timeline.parse(stdout)
     assert receiver.wait_for(lambda s: any(x.name == "request" for x in s))
     check_bursts(timeline, receiver.spans(), seconds - 2.0)
+
+
+@pytest.mark.parametrize("version", interpreter_params())
+def test_detach_between_bursts_leaves_nothing(version: str) -> None:
+    # GIVEN a target probed from the inside, attached with bursts of 0.1 s every 0.4 s
+    target = Target(INTERPRETERS[version], "idle")
+    try:
+        before = target.probe()
+        session = Session(target.pid, "--no-tree", "--burst", "0.1", "--sampler",
+                          "traceidratio", "--sampler-arg", "0.25")  # fmt: skip
+        session.wait_for("attached")
+        for _ in range(8):  # requests over several bursts and pauses
+            assert target.send("request") == "ok"
+            time.sleep(0.15)
+        # WHEN Ctrl-C, in a burst or between two
+        status, stderr = session.interrupt()
+        # THEN it detached cleanly, and nothing of ours is left: tool id, threads, modules
+        assert status == 0, stderr
+        assert f"detached from PID {target.pid}" in stderr
+        assert target.probe() == before
+        assert target.alive()
+    finally:
+        target.stop()
 
 
 def test_bursts_need_a_sampling_ratio() -> None:

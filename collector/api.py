@@ -87,6 +87,7 @@ def process_detail(store: MetricsStore, pid: int) -> dict[str, Any] | None:
                 "python": session.hello.get("python"),
             },
             "tasks": dict(process.runtime),
+            "recording": {"now": process.recording, "share": process.recorded_share},
             "dropped": dict(process.dropped),
             "spans": spans,
         }

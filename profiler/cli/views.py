@@ -96,8 +96,15 @@ def top(pid: int, api: str, once: bool, interval: float) -> int:
 def _render(detail: dict[str, Any], previous: dict[str, int], interval: float) -> list[str]:
     process, tasks = detail["process"], detail["tasks"]
     finished = tasks.get("tasks_finished") or {}
+    recording = detail.get("recording") or {}
+    share = float(recording.get("share", 1.0))
+    bursts = (
+        f"  in bursts: {share:.0%} of the time, {'on' if recording.get('now') else 'paused'} now"
+        if share < 1.0
+        else ""
+    )
     lines = [
-        f"PID {process['pid']}  {process['service']}  Python {process.get('python')}",
+        f"PID {process['pid']}  {process['service']}  Python {process.get('python')}{bursts}",
         f"tasks live {tasks.get('tasks_live', 0)} (running {tasks.get('tasks_running', 0)})  "
         f"created {tasks.get('tasks_created', 0)}  "
         + "  ".join(f"{k} {v}" for k, v in sorted(finished.items())),

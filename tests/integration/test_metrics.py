@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import subprocess
 import time
@@ -128,9 +130,10 @@ def test_span_metrics_are_exact_whatever_the_sampling(sampler: str, running: lis
     assert run.stop() == ""
 
 
-def test_bursts_show_the_share_of_time_recorded() -> None:
-    # GIVEN an app run in bursts of 0.2 s, 25 % of the time
-    port = free_port()
+@contextlib.contextmanager
+def in_bursts(port: int) -> Iterator[subprocess.Popen[str]]:
+    """burst_app.py for 4 s under `run --metrics-port PORT`, in bursts of 0.2 s, 25 % of the
+    time; yielded once it is ready, and waited for (or killed) after."""
     app = subprocess.Popen(
         [*CLI, "run", "-q", "--no-tree", "--metrics-port", str(port), "--burst", "0.2",
          "--sampler", "traceidratio", "--sampler-arg", "0.25", "--",
@@ -139,7 +142,18 @@ def test_bursts_show_the_share_of_time_recorded() -> None:
     )  # fmt: skip
     try:
         assert app.stdout is not None and app.stdout.readline() == "ready\n"
-        shares, recording = set(), set()
+        yield app
+        app.communicate(timeout=30)
+    finally:
+        app.kill()
+        app.wait()
+
+
+def test_bursts_show_the_share_of_time_recorded() -> None:
+    # GIVEN an app run in bursts of 0.2 s, 25 % of the time
+    port = free_port()
+    shares, recording = set(), set()
+    with in_bursts(port):
         deadline = time.monotonic() + 3.5
         while time.monotonic() < deadline:  # WHEN scraping while it runs
             status, text = get(port, "/metrics")
@@ -147,10 +161,6 @@ def test_bursts_show_the_share_of_time_recorded() -> None:
             shares.update(v for _, v in found.get("async_inspect_recorded_share", []))
             recording.update(v for _, v in found.get("async_inspect_recording", []))
             time.sleep(0.1)
-        app.communicate(timeout=30)
-    finally:
-        app.kill()
-        app.wait()
     # THEN the share scales its call rates, and the agent reported itself paused
     assert shares == {0.25}
     assert 0.0 in recording, recording
@@ -204,3 +214,46 @@ def test_bad_metrics_address_is_one_clear_line() -> None:
     assert result.returncode == 64
     assert "bad metrics address 'no-such-host.invalid'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def views(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`async-inspect ps|top ... --api` against a session's own API."""
+    api = f"http://127.0.0.1:{port}"
+    return subprocess.run([*CLI, *args, "--api", api], capture_output=True, text=True, timeout=60)
+
+
+def test_ps_and_top_read_a_sessions_api(running: list[Running]) -> None:
+    # GIVEN a session serving its API (metrics_app.py waits for a line once it is done)
+    run = Running()
+    running.append(run)
+    run.scrape_when("traces_span_metrics_calls_total", 300 + 300 + 100 + 1)
+    pid = run.process.pid
+    target = [p["pid"] for p in json.loads(get(run.port, "/api/processes")[1])["processes"]]
+    # WHEN listing the processes, and taking one snapshot of the traced one
+    ps = views(run.port, "ps")
+    top = views(run.port, "top", str(target[0]), "--once")
+    # THEN ps lists it as attached, and top shows its tasks and its spans' counts
+    assert ps.returncode == 0, ps.stderr
+    (row,) = [line.split() for line in ps.stdout.splitlines()[1:]]
+    assert row[0] == str(target[0]) and row[1] == "attached" and target[0] != pid
+    assert top.returncode == 0, top.stderr
+    lines = top.stdout.splitlines()
+    assert lines[0].startswith(f"PID {target[0]}") and "in bursts" not in lines[0]
+    counts = {line.split()[-1]: line.split() for line in lines if line.endswith("_call")}
+    assert counts["ok_call"][0] == "300" and counts["bad_call"][0] == "100"
+    assert float(counts["bad_call"][2]) == 100.0  # ERR%
+    # AND a PID it does not know is one clear line, exit non-zero
+    unknown = views(run.port, "top", "999999", "--once")
+    assert unknown.returncode != 0 and len(unknown.stderr.strip().splitlines()) == 1
+    run.stop()
+
+
+def test_top_says_when_the_agent_records_in_bursts() -> None:
+    port = free_port()
+    with in_bursts(port):
+        time.sleep(1.5)  # a STATS frame has come
+        processes = json.loads(get(port, "/api/processes")[1])["processes"]
+        top = views(port, "top", str(processes[0]["pid"]), "--once")
+    assert top.returncode == 0, top.stderr
+    first = top.stdout.splitlines()[0]
+    assert "in bursts: 25% of the time, " in first and first.endswith(("on now", "paused now"))

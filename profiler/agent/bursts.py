@@ -48,20 +48,23 @@ class Bursts:
         return max(0.0, self._next - now)
 
     def tick(self, now: float) -> None:
-        """Switch the events off or on if it is time to (on the sender thread)."""
+        """Switch the events off or on if it is time to (on the sender thread). The next
+        switch is scheduled first: one that fails (raises, or finds the agent detached) is
+        tried again a burst or a pause later, never in a loop."""
         if now < self._next:
             return
         tracker = self._tracker
         if self.recording:
+            # The next burst starts a period after this one did; after a late tick (the
+            # GIL was busy), a period after now rather than at once.
+            self._next = max(self._started + self._every, now + self._every - self._length)
             if not self._installation.pause():
                 return
             tracker.paused = True
             self.recording = False
             self.cut_spans += tracker.cut(time.perf_counter_ns())
-            # The next burst starts a period after this one did; after a late tick (the
-            # GIL was busy), a period after now rather than at once.
-            self._next = max(self._started + self._every, now + self._every - self._length)
         else:
+            self._next = now + self._length
             tracker.watching_since = time.perf_counter_ns()
             tracker.paused = False
             if not self._installation.resume():
@@ -69,7 +72,6 @@ class Bursts:
             self.recording = True
             self.count += 1
             self._started = now
-            self._next = now + self._length
 
     def stats(self) -> dict[str, object]:
         """For the STATS frame."""

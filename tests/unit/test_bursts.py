@@ -164,3 +164,26 @@ def test_bursts_without_a_ratio_between_0_and_1_are_refused(sampler: str) -> Non
     environ = {"ASYNC_INSPECT_BURST": "0.5", "OTEL_TRACES_SAMPLER": sampler}
     with pytest.raises(ConfigError, match="need a sampling ratio between 0 and 1"):
         resolve({}, environ, None)  # traceidratio without an argument is a ratio of 1
+
+
+def test_a_switch_that_cannot_happen_is_not_retried_in_a_loop(
+    tracked: tuple[Tracker, Installation], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker, installation = tracked
+    bursts = Bursts(BURSTS, installation, now=0.0)
+
+    def broken() -> bool:
+        raise ValueError("set_local_events failed")
+
+    # WHEN the switch off raises (the sender thread counts it and goes on)
+    monkeypatch.setattr(installation, "pause", broken)
+    with pytest.raises(ValueError):
+        bursts.tick(0.2)
+    # THEN the sender does not come straight back: the next try is a period later
+    assert bursts.until_next(0.2) == pytest.approx(0.8)
+    # AND once the agent is detached, a switch does nothing and waits as long
+    monkeypatch.undo()
+    installation.remove()
+    bursts.tick(1.0)
+    assert bursts.recording and bursts.until_next(1.0) == pytest.approx(0.8)
+    assert _mon.get_tool(tracker.tool) is None

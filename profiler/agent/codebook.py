@@ -21,7 +21,7 @@ CodeEntry = tuple[int, str, str, int, str]
 _E = sys.monitoring.events
 _TRACED_EVENTS = _E.PY_RESUME | _E.PY_YIELD | _E.PY_RETURN
 _WAKE_EVENTS = _E.PY_RETURN  # a selector's select() returned: the loop woke up
-MAX_REJECTED = 65_536  # code objects remembered as not traced (beyond: asked again)
+MAX_REJECTED = 16_384  # code objects remembered as not traced (beyond: asked again)
 
 
 class CodeBook:

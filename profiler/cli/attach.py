@@ -101,8 +101,9 @@ def attach_session(
                 if outcome != "exited":
                     loop.run(_detach(collector, pid))
             except (KeyboardInterrupt, _Stop):
-                if not watch.confirmed.is_set():
-                    reporter.error(f"interrupted before the agent started; PID {pid} untouched")
+                if not watch.confirmed.is_set() and not _started_after_all(
+                    collector, watch, reporter, pid, timeout
+                ):
                     return 130
                 loop.run(_detach(collector, pid))
             finally:
@@ -114,6 +115,31 @@ def attach_session(
     reporter.summary(summary, settings)
     reporter.say(f"PID {pid} exited" if outcome == "exited" else f"detached from PID {pid}")
     return 0
+
+
+def _started_after_all(
+    collector: LocalCollector, watch: _SessionWatch, reporter: Reporter, pid: int, timeout: float
+) -> bool:
+    """Interrupted before the agent reported: True once it has (detach it as usual); False,
+    having said why, if it never reached us or did not finish starting in time."""
+    if not collector.hub.connections:
+        reporter.error(f"interrupted before the agent started; PID {pid} untouched")
+        return False
+    # It reached us and is installing itself: let it finish, then detach it as usual.
+    reporter.say(
+        f"interrupted while the agent starts in PID {pid}; detaching once it has "
+        "(Ctrl-C again to leave it to detach by itself)"
+    )
+    if not watch.confirmed.wait(timeout):
+        reporter.error(
+            f"the agent in PID {pid} did not start within {timeout:g}s; it detaches by itself "
+            f"{ORPHAN_TIMEOUT:g}s after this session ends"
+        )
+        return False
+    if watch.error is not None:
+        reporter.error(f"the agent in PID {pid} did not start ({watch.error}); nothing installed")
+        return False
+    return True
 
 
 async def _detach(collector: LocalCollector, pid: int) -> None:

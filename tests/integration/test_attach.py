@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from profiler.agent import accelerator
@@ -288,6 +289,33 @@ def test_ctrl_c_during_injection_leaves_the_target_unharmed() -> None:
     finally:
         target.kill()
         target.wait()
+
+
+def _unix_sockets(pid: int) -> int:
+    return len(psutil.Process(pid).net_connections(kind="unix"))
+
+
+@pytest.mark.parametrize("version", interpreter_params())
+def test_ctrl_c_while_the_agent_starts_waits_for_it_then_detaches(
+    version: str, targets: list[Target]
+) -> None:
+    # GIVEN a target whose agent takes a while to start: 20,000 pending tasks to adopt
+    target = Target(INTERPRETERS[version], "crowd")
+    targets.append(target)
+    before, sockets = target.probe(), _unix_sockets(target.pid)
+    session = Session(target.pid, "--no-tree")
+    # WHEN Ctrl-C as soon as the agent has connected to the session, before it reported
+    deadline = time.monotonic() + 30
+    while _unix_sockets(target.pid) == sockets:
+        assert time.monotonic() < deadline, "the agent never connected"
+        time.sleep(0.005)
+    status, stderr = session.interrupt()
+    # THEN the session lets it finish starting, then detaches it: nothing of ours is left
+    assert status == 0, stderr
+    assert f"interrupted while the agent starts in PID {target.pid}" in stderr, stderr
+    assert f"detached from PID {target.pid}" in stderr and "Traceback" not in stderr
+    assert target.probe() == before
+    assert target.alive()
 
 
 def attach_error(pid: int, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """Target for attach tests. Modes: busy, idle, thread (loop in a worker thread, main thread in
-join()), multi (two loops in two threads). Prints `ready <port>` once serving.
+join()), multi (two loops in two threads), crowd (idle, with 20,000 pending tasks for an agent
+to adopt as it starts). Prints `ready <port>` once serving.
 
 A line sent to the port is answered by the loop that owns it: `probe` returns JSON describing
 what an agent could have left in this process; anything else runs handle_request (the spec's
@@ -64,8 +65,13 @@ async def spin():
 QUIT = {}
 
 
+async def parked(quit):
+    await quit.wait()
+
+
 async def serve(ports, busy, announce=False):
-    QUIT[asyncio.get_running_loop()] = asyncio.Event()
+    quit = QUIT[asyncio.get_running_loop()] = asyncio.Event()
+    crowd = [asyncio.ensure_future(parked(quit)) for _ in range(20_000 if MODE == "crowd" else 0)]
     server = await asyncio.start_server(serve_client, "127.0.0.1", 0)
     ports.append(server.sockets[0].getsockname()[1])
     if announce:
@@ -75,6 +81,7 @@ async def serve(ports, busy, announce=False):
         await QUIT[asyncio.get_running_loop()].wait()
     if spinner is not None:
         spinner.cancel()
+    await asyncio.gather(*crowd)
 
 
 def in_thread(ports, busy, name):
@@ -85,7 +92,7 @@ def in_thread(ports, busy, name):
 
 def main():
     ports = []
-    if MODE in ("busy", "idle"):
+    if MODE in ("busy", "idle", "crowd"):
         asyncio.run(serve(ports, MODE == "busy", announce=True))
         return
     threads = [in_thread(ports, False, "loop-1")]

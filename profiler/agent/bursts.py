@@ -32,7 +32,6 @@ class Bursts:
         self._every = settings.burst_every
         self._installation = installation
         self._tracker: Tracker = installation.tracker
-        self.recording = True
         self.count = 1  # bursts started, this one included
         self.cut_spans = 0  # sampled spans still open at a burst's end
         self._started = now
@@ -42,6 +41,11 @@ class Bursts:
     def wanted(settings: AgentSettings) -> bool:
         """True if the settings ask for bursts (a burst shorter than their period)."""
         return 0 < settings.burst < settings.burst_every
+
+    @property
+    def recording(self) -> bool:
+        """True while the events are on (the tracker is not paused)."""
+        return not self._tracker.paused
 
     def until_next(self, now: float) -> float:
         """Seconds from `now` (time.monotonic) to the next switch, at least 0."""
@@ -61,15 +65,13 @@ class Bursts:
             if not self._installation.pause():
                 return
             tracker.paused = True
-            self.recording = False
             self.cut_spans += tracker.cut(time.perf_counter_ns())
         else:
             self._next = now + self._length
-            tracker.watching_since = time.perf_counter_ns()
-            tracker.paused = False
+            tracker.watching_since = time.perf_counter_ns()  # adopted spans start there
             if not self._installation.resume():
                 return
-            self.recording = True
+            tracker.paused = False
             self.count += 1
             self._started = now
 

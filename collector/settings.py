@@ -231,8 +231,8 @@ class Settings:
             raise ConfigError(
                 f"bursts of {self.burst:g}s need a sampling ratio between 0 and 1 (the share "
                 f"of the time they record); the sampler gives {self.sample_ratio:g}",
-                "add --sampler traceidratio --sampler-arg 0.01 (or OTEL_TRACES_SAMPLER and "
-                "OTEL_TRACES_SAMPLER_ARG)",
+                "add --sampler traceidratio --sampler-arg 0.01, or set OTEL_TRACES_SAMPLER="
+                "traceidratio and OTEL_TRACES_SAMPLER_ARG",
             )
 
     @property

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .modes import MODES
+
 SPEC = {  # the spec's overhead table: configuration -> claimed overhead
     "run-noexport": "0%",
     "run-full": "2-5%",
@@ -101,6 +103,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _applies(mode: str, workload: str) -> bool:
+    """Whether `mode` is measured on `workload` now (a file may hold rows since ruled out)."""
+    known = MODES.get(mode)
+    return known is None or known.applies_to(workload)
+
+
 def overhead(document: dict[str, Any]) -> list[str]:
     summary: dict[str, list[dict[str, Any]]] = document["summary"]
     workloads = [w for w in ("W1", "W2", "W3") if w in summary]
@@ -117,7 +125,7 @@ def overhead(document: dict[str, Any]) -> list[str]:
         for mode in modes:
             row = [labels[mode], SPEC.get(mode, "-")]
             for w in workloads:
-                entry = by_mode.get((mode, w))
+                entry = by_mode.get((mode, w)) if _applies(mode, w) else None
                 row.append(_ratio(entry["ratios"].get(metric[w])) if entry else "n/a")
             goals = [f"{w} {GOALS[(mode, w)]}" for w in workloads if (mode, w) in GOALS]
             row.append(", ".join(goals) or "-")

@@ -144,11 +144,22 @@ class LocalCollector:
             self._rendezvous = rendezvous
             host_path = rendezvous.host_path(SOCKET_NAME)
             self.address = rendezvous.target_path(SOCKET_NAME)
+        try:
+            await self._listen(host_path)
+        except BaseException:  # e.g. the metrics port in use: leave no folder behind
+            if self._server is not None:
+                self._server.close()
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
+            raise
+        return self.address
+
+    async def _listen(self, host_path: str) -> None:
         self._server = await asyncio.start_unix_server(self.hub.handle, path=host_path)
-        if rendezvous is None:
+        if self._rendezvous is None:
             os.chmod(host_path, 0o600)
         else:
-            rendezvous.hand_over(SOCKET_NAME)
+            self._rendezvous.hand_over(SOCKET_NAME)
         if self.settings.metrics_port is not None:
             # aiohttp and prometheus-client only when serving: a third of the CLI's start-up
             from .api import add_api_routes, session_processes
@@ -158,7 +169,6 @@ class LocalCollector:
             self.http = HttpServer(build_registry(self.metrics, self.settings.metrics_naming))
             add_api_routes(self.http.app, self.metrics, lambda: session_processes(self.metrics))
             await self.http.start(self.settings.metrics_address, self.settings.metrics_port)
-        return self.address
 
     async def finish(self, wait_for_agents: float) -> Summary:
         """Wait for agents to say goodbye, stop listening, flush and shut every output."""

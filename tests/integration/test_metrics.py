@@ -6,9 +6,11 @@ import contextlib
 import json
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -177,7 +179,13 @@ def test_tempo_naming_and_health_endpoints(running: list[Running]) -> None:
     run.stop()
 
 
+def socket_folders() -> set[Path]:
+    """The private folders `run` makes for its agents' socket, anywhere in the temp dir."""
+    return set(Path(tempfile.gettempdir()).glob("async-inspect-*"))
+
+
 def test_port_in_use_is_one_clear_line() -> None:
+    folders = socket_folders()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -193,9 +201,11 @@ def test_port_in_use_is_one_clear_line() -> None:
         f"async-inspect: error: metrics port {port} on 127.0.0.1 is already in use "
         "(choose another --metrics-port)"
     )
+    assert socket_folders() <= folders  # nothing left behind in /tmp
 
 
 def test_bad_metrics_address_is_one_clear_line() -> None:
+    folders = socket_folders()
     result = subprocess.run(
         [
             *CLI,
@@ -214,6 +224,7 @@ def test_bad_metrics_address_is_one_clear_line() -> None:
     assert result.returncode == 64
     assert "bad metrics address 'no-such-host.invalid'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert socket_folders() <= folders  # nothing left behind in /tmp
 
 
 def views(port: int, *args: str) -> subprocess.CompletedProcess[str]:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 6  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 7  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE, CODE_REJECTED = 2, 4, 8, 64
 
@@ -209,6 +209,13 @@ class AcceleratedTracker(Tracker):
         if body is None:
             return super().spans_frame(spans)
         return wire.frame_of(wire.SPANS, body)
+
+    def drop_counts(self) -> dict[str, int]:
+        """As Tracker.drop_counts, with the C's count of full-buffer drops merged in."""
+        full = self._hooks.take_dropped()
+        if full:
+            self.dropped["buffer_full"] = self.dropped.get("buffer_full", 0) + full
+        return super().drop_counts()
 
     def _became_running(self) -> None:
         self._hooks.running += 1  # the C's count of running spans (Hooks.running)

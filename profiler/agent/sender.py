@@ -124,7 +124,7 @@ class Sender:
     def stats(self) -> dict[str, Any]:
         """Counters for the collector: what was dropped and why, and our own health."""
         tracker = self.tracker
-        dropped = dict(tracker.dropped)
+        dropped = tracker.drop_counts()
         if self.dropped_disconnected:
             dropped["collector_unavailable"] = self.dropped_disconnected
         return {

@@ -107,7 +107,7 @@ class Tracker(CodeBook, TaskBook, Adoption):
         self.open: dict[FrameType, S.Span] = {}
         self._new_span: Callable[..., S.Span] = S.new_span  # compiled: a _accel.Span
         self.finished: deque[S.Span] = deque()
-        self.dropped: dict[str, int] = {}  # by reason; the compiled callbacks count here too
+        self.dropped: dict[str, int] = {}  # by reason; read through drop_counts()
         self.internal_errors = 0
         self.last_error = ""
         self._wake_times: dict[int, int] = {}
@@ -443,6 +443,10 @@ class Tracker(CodeBook, TaskBook, Adoption):
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def drop_counts(self) -> dict[str, int]:
+        """Spans dropped so far, by reason."""
+        return dict(self.dropped)
 
     def fault(self, exc: Exception) -> None:
         # Never raise into the application: count, remember the last one, carry on.

@@ -157,7 +157,7 @@ def test_bounded_memory_counts_drops(trace: Trace) -> None:
 
     traced = trace(main, buffer_size=10)
     assert len(traced.spans) == 10
-    assert traced.tracker.dropped["buffer_full"] == 21  # 30 leaves + main - 10 kept
+    assert traced.tracker.drop_counts()["buffer_full"] == 21  # 30 leaves + main - 10 kept
 
 
 def test_library_code_is_not_traced_unless_included(trace: Trace) -> None:

@@ -24,7 +24,7 @@
 _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 6
+#define ABI_VERSION 7
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -93,10 +93,13 @@ typedef struct {
     unsigned long thread_native;
     unsigned long thread_ident; /* pthread_self() of that thread: gettid() is a system call */
     PyObject *names[N_COUNT];
-    PyObject *s_yield, *s_task_prefix, *s_throw_prefix, *s_open_limit, *s_buffer_full;
+    PyObject *s_yield, *s_task_prefix, *s_throw_prefix, *s_open_limit;
     PyObject *s_otel_module;
     int64_t split_ns, max_open, max_buffer, max_event_items;
     int64_t next_span_id, next_task_id, tasks_seen;
+    /* Finished spans dropped because the buffer was full, since take_dropped last ran: an
+     * overloaded app drops most of its spans, so this count is not a dict entry. */
+    int64_t buffer_full_drops;
     /* Spans in `open` whose coroutine runs now (RESUMED set), on any thread. Every frame on
      * a stack is running, so while this is 0 no span of ours is on any stack: a new span
      * has no parent or creator to find there, and on_start skips the frame walk (which

@@ -125,6 +125,18 @@ Hooks_reset(Hooks *h, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(take_dropped_doc,
+             "take_dropped()\n--\n\n"
+             "Finished spans dropped because the buffer was full since the last call.");
+
+static PyObject *
+Hooks_take_dropped(Hooks *h, PyObject *Py_UNUSED(ignored))
+{
+    int64_t count = h->buffer_full_drops;
+    h->buffer_full_drops = 0;
+    return PyLong_FromLongLong(count);
+}
+
 PyDoc_STRVAR(now_doc, "now()\n--\n\nThe callbacks' clock: time.perf_counter_ns() on Linux.");
 
 static PyObject *
@@ -210,6 +222,7 @@ AI_INTERNAL PyMethodDef Hooks_methods[] = {
     {"next_span_id", (PyCFunction)Hooks_next_span_id, METH_NOARGS, next_span_id_doc},
     {"take_meters", (PyCFunction)Hooks_take_meters, METH_NOARGS, take_meters_doc},
     {"reset", (PyCFunction)Hooks_reset, METH_NOARGS, reset_doc},
+    {"take_dropped", (PyCFunction)Hooks_take_dropped, METH_NOARGS, take_dropped_doc},
     {"now", (PyCFunction)Hooks_now, METH_NOARGS, now_doc},
     {"task_created", (PyCFunction)(void (*)(void))Hooks_task_created, METH_FASTCALL,
      task_created_doc},

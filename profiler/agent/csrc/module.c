@@ -140,10 +140,9 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     h->s_task_prefix = PyUnicode_InternFromString("task ");
     h->s_throw_prefix = PyUnicode_InternFromString("throw ");
     h->s_open_limit = PyUnicode_InternFromString("open_span_limit");
-    h->s_buffer_full = PyUnicode_InternFromString("buffer_full");
     h->s_otel_module = PyUnicode_InternFromString("opentelemetry.trace");
     if (!h->s_yield || !h->s_task_prefix || !h->s_throw_prefix || !h->s_open_limit
-        || !h->s_buffer_full || !h->s_otel_module) {
+        || !h->s_otel_module) {
         goto fail;
     }
     /* The tracker's own containers. */
@@ -277,7 +276,6 @@ Hooks_dealloc(Hooks *h)
     Py_CLEAR(h->s_task_prefix);
     Py_CLEAR(h->s_throw_prefix);
     Py_CLEAR(h->s_open_limit);
-    Py_CLEAR(h->s_buffer_full);
     Py_CLEAR(h->s_otel_module);
     code_table_free(&h->codes);
     meter_table_free(&h->meters);

@@ -353,7 +353,11 @@ buffer_full(Hooks *h)
     if (buffered < 0) {
         return -1;
     }
-    return buffered < h->max_buffer ? 0 : drop(h, h->s_buffer_full) < 0 ? -1 : 1;
+    if (buffered < h->max_buffer) {
+        return 0;
+    }
+    h->buffer_full_drops++;
+    return 1;
 }
 
 /* The sampled tail of Tracker._finish: outcome event, error, task name, buffer. A full

@@ -44,6 +44,7 @@ __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 ABI_VERSION = 7  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE, CODE_REJECTED = 2, 4, 8, 64
+_CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -81,6 +82,16 @@ def new_tracker(settings: AgentSettings, code_filter: CodeFilter, tool: int) -> 
         return AcceleratedTracker(settings, code_filter, tool, _ACCEL), _DETAIL
     except Exception as exc:  # e.g. a layout the binary was not compiled for
         return Tracker(settings, code_filter, tool), f"not used: {exc}"
+
+
+def _counter_trusted() -> bool:
+    """Whether the kernel's own clock is the time-stamp counter: then it found the counter
+    invariant and in step across CPUs, and the compiled callbacks may read it (clock.c)."""
+    try:
+        with open(_CLOCKSOURCE) as file:
+            return file.read().strip() == "tsc"
+    except OSError:
+        return False
 
 
 def _layout() -> dict[str, int]:
@@ -127,6 +138,7 @@ class AcceleratedTracker(Tracker):
             "task_type": asyncio.Task,
             "cancelled": (asyncio.CancelledError, GeneratorExit),
             "coroutine_type": CoroutineType,
+            "frame_type": FrameType,
             "loop_runner": _LOOP_RUNNER,
             "get_running_loop": asyncio.events._get_running_loop,
             "current_task": asyncio.current_task,
@@ -142,6 +154,9 @@ class AcceleratedTracker(Tracker):
             "slow_ns": SLOW_STEP_NS,
         }
         self._hooks: Hooks = accel.Hooks(self, _layout(), config)
+        self.now = self._hooks.now
+        self._accel = accel
+        accel.clock_allow(_counter_trusted())
         # One span id sequence for the C and for Tracker._open (adoption), and one kind of
         # span: what Python opens is a compiled Span too.
         self._span_ids = self._hooks.next_span_id
@@ -216,6 +231,10 @@ class AcceleratedTracker(Tracker):
         if full:
             self.dropped["buffer_full"] = self.dropped.get("buffer_full", 0) + full
         return super().drop_counts()
+
+    def tick_clock(self) -> None:
+        """Refit the compiled callbacks' clock to CLOCK_MONOTONIC (clock.c)."""
+        self._accel.clock_tick()
 
     def _became_running(self) -> None:
         self._hooks.running += 1  # the C's count of running spans (Hooks.running)

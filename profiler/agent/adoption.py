@@ -6,7 +6,6 @@ when we began to watch (FLAG_START_UNKNOWN)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
@@ -17,7 +16,6 @@ from .spans import EVENTS, RESUMED
 
 __all__ = ["Adoption"]
 
-_now = time.perf_counter_ns
 _current_task = asyncio.current_task
 _POLL = wire.EVENT_POLL
 
@@ -30,6 +28,7 @@ class Adoption:
     code_ids: dict[int, int]
     started_at: int  # perf ns when the tracker began
     watching_since: int  # perf ns when the events were last switched on (bursts.py)
+    now: Callable[[], int]
     consider: Callable[[CodeType, str], int | None]
     info_for: Callable[[Any], S.TaskInfo]
     _open: Callable[..., S.Span | None]
@@ -41,7 +40,7 @@ class Adoption:
             return
         span = self._open(frame, code_id, wire.FLAG_START_UNKNOWN, self.watching_since)
         if span is not None:
-            now = span[RESUMED] = _now()
+            now = span[RESUMED] = self.now()
             self._became_running()
             if span[EVENTS] is not None:
                 span[EVENTS] = [_POLL, now, None]  # its first poll seen, not a start
@@ -70,7 +69,7 @@ class Adoption:
             if span is None:
                 break
             if running:
-                span[RESUMED] = _now()
+                span[RESUMED] = self.now()
                 self._became_running()
             else:
                 span[RESUMED] = 0  # suspended right now: no poll seen yet

@@ -15,8 +15,6 @@ drives the switches (`tick`), so no thread is added to the target.
 
 from __future__ import annotations
 
-import time
-
 from .monitoring import Installation
 from .settings import AgentSettings
 from .tracker import Tracker
@@ -65,10 +63,10 @@ class Bursts:
             if not self._installation.pause():
                 return
             tracker.paused = True
-            self.cut_spans += tracker.cut(time.perf_counter_ns())
+            self.cut_spans += tracker.cut(tracker.now())
         else:
             self._next = now + self._length
-            tracker.watching_since = time.perf_counter_ns()  # adopted spans start there
+            tracker.watching_since = tracker.now()  # adopted spans start there
             if not self._installation.resume():
                 return
             tracker.paused = False

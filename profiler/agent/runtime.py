@@ -148,7 +148,7 @@ class Agent:
         if sender is not None:
             sender.stop()
             tracker = sender.tracker
-            sender.ship(with_stats=True, extra=tracker.in_flight(time.perf_counter_ns()))
+            sender.ship(with_stats=True, extra=tracker.in_flight(tracker.now()))
             sender.channel.send(wire.BYE, {"reason": reason})
             sender.channel.close()
             tracker.clear()

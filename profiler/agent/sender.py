@@ -81,6 +81,7 @@ class Sender:
                     if kind == wire.STOP:
                         self._on_stop_request(str(body.get("reason", "detach")))
                         return
+                self.tracker.tick_clock()
                 now = time.monotonic()
                 if bursts is not None:
                     bursts.tick(now)
@@ -108,18 +109,21 @@ class Sender:
             if codes and not channel.send(wire.CODES, codes):
                 tracker.new_codes.extendleft(reversed(codes))  # resent in full on reconnect
             spans = _drain(tracker.finished, self._high_water)
-            frames = [(len(c), tracker.spans_frame(c)) for c in _chunks(spans, self._batch)]
-            frames += [
-                (len(chunk), wire.encode_frame(wire.SPANS, chunk))
-                for chunk in _chunks(extra or [], self._batch)
-            ]
-            for count, frame in frames:
-                if channel.send_frame(frame):
-                    self.spans_sent += count
-                else:
-                    self.dropped_disconnected += count
+            # One batch's frame at a time, sent before the next is made: the app's malloc
+            # reuses that memory, where frames for half the buffer at once (megabytes) were
+            # given back to the kernel after each shipment and faulted in again.
+            for chunk in _chunks(spans, self._batch):
+                self._send_spans(len(chunk), tracker.spans_frame(chunk))
+            for chunk in _chunks(extra or [], self._batch):
+                self._send_spans(len(chunk), wire.encode_frame(wire.SPANS, chunk))
             if with_stats:
                 channel.send(wire.STATS, self.stats())
+
+    def _send_spans(self, count: int, frame: bytes) -> None:
+        if self.channel.send_frame(frame):
+            self.spans_sent += count
+        else:
+            self.dropped_disconnected += count
 
     def stats(self) -> dict[str, Any]:
         """Counters for the collector: what was dropped and why, and our own health."""

@@ -117,6 +117,8 @@ class Tracker(CodeBook, TaskBook, Adoption):
         self._max_event_items = 3 * settings.max_events
         self._split_ns = int(settings.split_after * 1e9)
         self._ratio = settings.sample_ratio
+        # The clock of span times (the compiled callbacks' own when accelerated).
+        self.now: Callable[[], int] = _now
         self.started_at = self.watching_since = _now()
         self.paused = False  # between two bursts (bursts.py): every event is off
         self.meters = Meters()
@@ -399,7 +401,7 @@ class Tracker(CodeBook, TaskBook, Adoption):
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with live and running tasks counted now."""
         live, running, oldest = self.task_counts()
-        return self.meters.snapshot(live, running, _now() - oldest if running else 0)
+        return self.meters.snapshot(live, running, self.now() - oldest if running else 0)
 
     def spans_frame(self, spans: list[S.Span]) -> bytes:
         """A SPANS frame of these finished spans (for the sender). Raises WireError if too
@@ -443,6 +445,9 @@ class Tracker(CodeBook, TaskBook, Adoption):
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def tick_clock(self) -> None:
+        """Called by the sender every tick: the compiled callbacks refit their clock."""
 
     def drop_counts(self) -> dict[str, int]:
         """Spans dropped so far, by reason."""

@@ -8,10 +8,12 @@ import contextlib
 import json
 import marshal
 import os
+import platform
 import random
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -267,12 +269,42 @@ def test_a_coroutine_started_in_the_step_that_adopted_its_caller_is_its_child(
         assert tracker._hooks.running == 0
 
 
+@needs_compiled
 def test_the_clock_is_perf_counter_ns() -> None:
+    # Until the sender's ticks have fitted the time-stamp counter, it is clock_gettime.
     tracker = compiled_tracker(AgentSettings(), 5)
-    before = __import__("time").perf_counter_ns()
-    now = tracker._hooks.now()  # type: ignore[attr-defined]
-    after = __import__("time").perf_counter_ns()
+    before = time.perf_counter_ns()
+    now = tracker.now()
+    after = time.perf_counter_ns()
     assert before <= now <= after
+
+
+@needs_compiled
+def test_the_clock_read_from_the_counter_stays_with_perf_counter_ns() -> None:
+    # GIVEN the sender's ticks for a second (the slope is fitted over the first 100 ms)
+    tracker = compiled_tracker(AgentSettings(), 5)
+    trusted = accelerator._counter_trusted()
+    on = []
+    worst, last, backwards = 0, 0, 0
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        tracker.tick_clock()
+        on.append(accelerator._ACCEL.clock_tick())  # type: ignore[union-attr]
+        # WHEN the clock is read between ticks
+        tick_end = time.monotonic() + 0.05
+        while time.monotonic() < tick_end:
+            before = time.perf_counter_ns()
+            now = tracker.now()
+            after = time.perf_counter_ns()
+            worst = max(worst, before - now, now - after)
+            backwards += now < last
+            last = now
+    # THEN where the kernel's clock is the counter, the callbacks read it once fitted
+    assert any(on) == (trusted and platform.machine() == "x86_64")
+    assert not any(on[:1])
+    # AND it never goes back, and stays within 20 us of CLOCK_MONOTONIC
+    assert backwards == 0
+    assert worst < 20_000, f"{worst} ns off perf_counter_ns"
 
 
 @needs_compiled

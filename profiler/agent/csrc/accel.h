@@ -84,6 +84,10 @@ typedef struct {
     PyObject *finished, *finished_append;
     /* Objects compared with or called. */
     PyObject *disable, *task_type, *cancelled, *loop_runner, *info_type, *coroutine_type;
+    /* frame.f_back's descriptor and its getter: frame_back() calls it without an attribute
+     * lookup through the frame type's MRO. */
+    PyObject *frame_type, *back_descr;
+    descrgetfunc back_get;
     PyObject *get_running_loop, *current_task, *random, *otel_parent;
     PyObject *last_loop;    /* Tracker._last_loop */
     PyObject *walked_codes; /* list keeping alive the codes whose co_flags are cached */
@@ -123,6 +127,16 @@ typedef struct {
 
 #define NAME(h, n) ((h)->names[N_##n])
 
+/* frame.f_back: a new reference to a frame or to None; NULL with an exception. */
+static inline PyObject *
+frame_back(Hooks *h, PyObject *frame)
+{
+    if (h->back_get != NULL && (PyObject *)Py_TYPE(frame) == h->frame_type) {
+        return h->back_get(h->back_descr, frame, h->frame_type);
+    }
+    return PyObject_GetAttr(frame, NAME(h, f_back));
+}
+
 /* An asyncio task as the tracker knows it: spans.TaskInfo, with the same attributes and
  * name(), made by the C for every task (the factory's too) when accelerated.
  *
@@ -144,12 +158,52 @@ typedef struct {
 } TaskInfo;
 
 static inline int64_t
-now_ns(void)
+mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+/* The callbacks' clock: CLOCK_MONOTONIC, or the time-stamp counter mapped to it where the
+ * kernel trusts that counter (clock.c). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define AI_HAVE_TSC 1
+#include <x86intrin.h>
+#else
+#define AI_HAVE_TSC 0
+#endif
+
+typedef struct {
+    int enabled;       /* 0: clock_gettime */
+    uint64_t base_tsc; /* the counter at base_ns */
+    int64_t base_ns;
+    uint64_t mult; /* ns per tick, 32.32 fixed point */
+} TscClock;
+AI_INTERNAL extern TscClock ai_clock;
+
+#if AI_HAVE_TSC
+static inline int64_t
+tsc_ns(uint64_t tsc)
+{
+    int64_t ticks = (int64_t)(tsc - ai_clock.base_tsc);
+    return ai_clock.base_ns + (int64_t)(((__int128)ticks * (__int128)ai_clock.mult) >> 32);
+}
+#endif
+
+static inline int64_t
+now_ns(void)
+{
+#if AI_HAVE_TSC
+    if (ai_clock.enabled) {
+        return tsc_ns(__rdtsc());
+    }
+#endif
+    return mono_ns();
+}
+
+AI_INTERNAL PyObject *clock_tick(PyObject *module, PyObject *ignored);
+AI_INTERNAL PyObject *clock_allow(PyObject *module, PyObject *allowed);
 
 /* -- references to None --------------------------------------------------------------- */
 

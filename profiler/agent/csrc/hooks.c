@@ -160,7 +160,7 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(span);
         return span == NULL ? fault(h) : NONE;
     }
-    PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
+    PyObject *back = frame_back(h, frame);
     if (back == NULL) {
         return fault(h);
     }

@@ -175,6 +175,7 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         || get_item(config, "task_type", &h->task_type) < 0
         || get_item(config, "cancelled", &h->cancelled) < 0
         || get_item(config, "coroutine_type", &h->coroutine_type) < 0
+        || get_item(config, "frame_type", &h->frame_type) < 0
         || get_item(config, "loop_runner", &h->loop_runner) < 0
         || get_item(config, "get_running_loop", &h->get_running_loop) < 0
         || get_item(config, "current_task", &h->current_task) < 0
@@ -211,6 +212,12 @@ Hooks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     h->span_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)h->span_type, Py_tp_alloc);
+    if (!PyType_Check(h->frame_type)
+        || !(h->back_descr = PyObject_GetAttr(h->frame_type, NAME(h, f_back)))) {
+        PyErr_SetString(PyExc_TypeError, "frame_type must be the type of frames");
+        goto fail;
+    }
+    h->back_get = (descrgetfunc)PyType_GetSlot(Py_TYPE(h->back_descr), Py_tp_descr_get);
     return (PyObject *)h;
 fail:
     Py_DECREF(h);
@@ -266,6 +273,8 @@ Hooks_dealloc(Hooks *h)
     Py_CLEAR(h->task_type);
     Py_CLEAR(h->cancelled);
     Py_CLEAR(h->coroutine_type);
+    Py_CLEAR(h->frame_type);
+    Py_CLEAR(h->back_descr);
     Py_CLEAR(h->loop_runner);
     Py_CLEAR(h->info_type);
     Py_CLEAR(h->span_type);
@@ -337,6 +346,21 @@ static PyModuleDef_Slot accel_slots[] = {
     {0, NULL},
 };
 
+PyDoc_STRVAR(clock_tick_doc,
+             "clock_tick()\n--\n\n"
+             "Refit the callbacks' clock to CLOCK_MONOTONIC (the sender calls it every tick); "
+             "True while it reads the time-stamp counter.");
+PyDoc_STRVAR(clock_allow_doc,
+             "clock_allow(allowed)\n--\n\n"
+             "Whether the callbacks' clock may read the time-stamp counter (the kernel's "
+             "clocksource is the TSC); True if it may on this build. Starts a new fit.");
+
+static PyMethodDef accel_methods[] = {
+    {"clock_tick", clock_tick, METH_NOARGS, clock_tick_doc},
+    {"clock_allow", clock_allow, METH_O, clock_allow_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 PyDoc_STRVAR(accel_doc, "The agent's task tracker callbacks, compiled (see accelerator.py).");
 
 static struct PyModuleDef accel_module = {
@@ -344,6 +368,7 @@ static struct PyModuleDef accel_module = {
     .m_name = "_accel",
     .m_doc = accel_doc,
     .m_size = 0,
+    .m_methods = accel_methods,
     .m_slots = accel_slots,
 };
 

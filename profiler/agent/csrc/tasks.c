@@ -39,7 +39,7 @@ find_open_span(Hooks *h, PyObject *frame)
             Py_DECREF(frame);
             return Py_NewRef(span);
         }
-        PyObject *back = PyObject_GetAttr(frame, NAME(h, f_back));
+        PyObject *back = frame_back(h, frame);
         Py_DECREF(frame);
         if (back == NULL) {
             return NULL;
@@ -325,7 +325,7 @@ find_parent(Hooks *h, PyObject *frame, PyObject *back, Parentage *out)
         if (!chain) {
             break; /* left the await chain (the event loop called the task's step) */
         }
-        PyObject *next = PyObject_GetAttr(back, NAME(h, f_back));
+        PyObject *next = frame_back(h, back);
         Py_DECREF(back);
         back = next;
         if (back == NULL) {

@@ -6,7 +6,8 @@ L1 instruction and data cache misses, branch mispredictions (cachegrind).
 
 The W2 target (targets/hello_server.py) runs under `valgrind --tool=cachegrind` on the target
 CPU: plainly, or under `async-inspect run` (the CLI on the load CPU) with every trace sampled
-(`full`) or none (`none-sampled`, the sampler's ratio 0). `hey` sends it N requests over 50
+(`full`) or none (`none-sampled`, the sampler's ratio 0), or attached with every event
+off (`paused`: `--burst`, one 50 ms burst at the start). `hey` sends it N requests over 50
 kept-alive connections, then N + 10,000 in a second run; the difference of the two runs'
 totals / 10,000 is the cost of one request (start-up, imports and shut-down cancel out).
 
@@ -40,6 +41,15 @@ MODES = {
     "plain": [],
     "full": ["run", "--no-tree"],
     "none-sampled": ["run", "--no-tree", "--sampler", "traceidratio", "--sampler-arg", "0"],
+    # Attached with every event off: one 50 ms burst at the start, the next in 500 s.
+    "paused": [
+        "run",
+        "--no-tree",
+        "--burst",
+        "0.05",
+        *("--sampler", "traceidratio"),
+        *("--sampler-arg", "0.0001"),
+    ],
 }
 
 

@@ -81,10 +81,16 @@ def targets() -> Iterator[list[Target]]:
 class Session:
     """A running `async-inspect attach` (stderr read line by line)."""
 
-    def __init__(self, pid: int, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [*CLI, "attach", str(pid), *args],
+            [*(prefix or []), *CLI, "attach", str(pid), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -449,27 +455,15 @@ def test_attach_from_a_container_with_only_the_charts_capabilities(
     targets.append(target)
     pid = _descendant(target.pid)
     caps = CHART_CAPABILITIES
-    session = Session(pid, "--endpoint", receiver.endpoint, "--no-tree")
-    session.process.kill()
-    session.process.wait()
-    session.process = subprocess.Popen(
-        [
-            "unshare",
-            "--mount",
-            "setpriv",
+    session = Session(
+        pid,
+        *("--endpoint", receiver.endpoint, "--no-tree"),
+        prefix=[
+            *("unshare", "--mount", "setpriv"),
             f"--inh-caps={caps}",
             f"--ambient-caps={caps}",
             f"--bounding-set={caps}",
-            *CLI,
-            "attach",
-            str(pid),
-            "--endpoint",
-            receiver.endpoint,
-            "--no-tree",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     # WHEN it attaches (gdb without CAP_SYS_ADMIN must read the target's files itself)
     session.wait_for("attached")

@@ -313,10 +313,12 @@ def test_gdb_detaches_by_itself_when_our_process_dies(spawn) -> None:
         assert time.monotonic() < deadline, "gdb never attached"
         time.sleep(0.01)
     (gdb,) = [p for p in psutil.Process(host.pid).children() if p.name() == "gdb"]
+    private = Path(gdb.environ()["ASYNC_INSPECT_GDB_PLAN"]).parent  # the host's folder
 
     host.kill()  # no Ctrl-C, no cleanup: the abort pipe closes with the process
     host.wait()
     killed = time.monotonic()
+    shutil.rmtree(private)  # which its death left behind
 
     while gdb.is_running() and gdb.status() != psutil.STATUS_ZOMBIE:  # reaped by init, later
         assert time.monotonic() < killed + 5, "gdb outlived its host by 5 s"

@@ -12,8 +12,8 @@
  * reader. The first 100 ms give the line's slope; from then on each tick moves the line's
  * base to where it reads now (never a jump) and steers its slope so that what is left of
  * the error against CLOCK_MONOTONIC (NTP's slewing, the fit's own) is gone within half a
- * second. An error above 1 ms (a VM moved to another host, a suspend) switches the counter
- * off and starts over: clock_gettime is read again until a new slope is fitted.
+ * second. An error above 1 ms (a VM moved to another host, a counter the kernel stopped
+ * trusting) switches the counter off for good: clock_gettime from then on.
  */
 #include "accel.h"
 
@@ -98,7 +98,8 @@ tick(void)
     int64_t mapped = tsc_ns(tsc);
     int64_t error = ns - mapped;
     if (error > MAX_ERROR_NS || error < -MAX_ERROR_NS) {
-        start_over(tsc, ns);
+        ai_clock.enabled = 0;
+        fit.allowed = 0;
         return;
     }
     ai_clock.base_tsc = tsc;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import select
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -97,6 +98,10 @@ class Summary:
     lost_by_reason: tuple[tuple[str, int], ...] = ()  # (reason, spans), the nonzero ones
 
 
+# How long an interrupted session lets a connection it has not served yet reach it.
+ARRIVAL_SETTLE = 0.2
+
+
 class LocalCollector:
     """Listens on a private Unix socket and sends spans to the tree, a file and/or OTLP."""
 
@@ -128,7 +133,7 @@ class LocalCollector:
         self.http: HttpServer | None = None
         self._directory: str | None = None
         self._rendezvous: Rendezvous | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self.processes_seen: set[int] = set()
         self.address = ""
 
@@ -169,6 +174,20 @@ class LocalCollector:
             self.http = HttpServer(build_registry(self.metrics, self.settings.metrics_naming))
             add_api_routes(self.http.app, self.metrics, lambda: session_processes(self.metrics))
             await self.http.start(self.settings.metrics_address, self.settings.metrics_port)
+
+    async def agent_arriving(self, settle: float = ARRIVAL_SETTLE) -> bool:
+        """Whether an agent has connected, or is connecting: the kernel may have queued or
+        accepted its connection before this loop got round to serving it."""
+        deadline = asyncio.get_running_loop().time() + settle
+        while not self.hub.connections:
+            if asyncio.get_running_loop().time() >= deadline:
+                return self._connection_queued()
+            await asyncio.sleep(0.01)
+        return True
+
+    def _connection_queued(self) -> bool:
+        sockets = self._server.sockets if self._server is not None else ()
+        return any(select.select([sock.fileno()], [], [], 0)[0] for sock in sockets)
 
     async def finish(self, wait_for_agents: float) -> Summary:
         """Wait for agents to say goodbye, stop listening, flush and shut every output."""

@@ -102,7 +102,7 @@ def attach_session(
                     loop.run(_detach(collector, pid))
             except (KeyboardInterrupt, _Stop):
                 if not watch.confirmed.is_set() and not _started_after_all(
-                    collector, watch, reporter, pid, timeout
+                    loop.run(collector.agent_arriving()), watch, reporter, pid, timeout
                 ):
                     return 130
                 loop.run(_detach(collector, pid))
@@ -118,11 +118,12 @@ def attach_session(
 
 
 def _started_after_all(
-    collector: LocalCollector, watch: _SessionWatch, reporter: Reporter, pid: int, timeout: float
+    arriving: bool, watch: _SessionWatch, reporter: Reporter, pid: int, timeout: float
 ) -> bool:
     """Interrupted before the agent reported: True once it has (detach it as usual); False,
-    having said why, if it never reached us or did not finish starting in time."""
-    if not collector.hub.connections:
+    having said why, if it never reached us (`arriving`: it has connected or is connecting)
+    or did not finish starting in time."""
+    if not arriving:
         reporter.error(f"interrupted before the agent started; PID {pid} untouched")
         return False
     # It reached us and is installing itself: let it finish, then detach it as usual.

@@ -68,15 +68,16 @@ def attach_session(
     rendezvous = prepare_rendezvous(target)
     watch = _SessionWatch(pid, reporter)
     draw = tree if tree is not None else settings.endpoint is None
-    collector = LocalCollector(
-        settings,
-        watch.notice,
-        sys.stderr if draw else None,
-        agent_settings_from(settings, orphan_timeout=ORPHAN_TIMEOUT),
-    )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     outcome = "detached"
     try:
+        # Made once the rendezvous exists, so that an output it cannot open removes it too.
+        collector = LocalCollector(
+            settings,
+            watch.notice,
+            sys.stderr if draw else None,
+            agent_settings_from(settings, orphan_timeout=ORPHAN_TIMEOUT),
+        )
         with LoopThread() as loop:
             address = loop.run(collector.start(rendezvous))
             try:

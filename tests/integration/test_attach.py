@@ -324,9 +324,13 @@ def test_ctrl_c_while_the_agent_starts_waits_for_it_then_detaches(
     assert target.alive()
 
 
-def attach_error(pid: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+def attach_error(pid: int, env: dict[str, str] | None = None, *args: str) -> tuple[int, str]:
     result = subprocess.run(
-        [*CLI, "attach", str(pid), "--no-tree"], capture_output=True, text=True, timeout=60, env=env
+        [*CLI, "attach", str(pid), "--no-tree", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -384,6 +388,21 @@ def test_gdb_missing_for_a_312_target(targets: list[Target], tmp_path: Path) -> 
     env = {**os.environ, "PATH": str(tmp_path)}  # no gdb anywhere on it
     status, line = attach_error(target.pid, env)
     assert status == 2 and "gdb" in line and "install" in line
+    assert target.alive() and target.probe()["modules"] == []
+
+
+def test_an_output_it_cannot_open_leaves_the_target_as_it_was(
+    targets: list[Target], tmp_path: Path
+) -> None:
+    # GIVEN a target, and an --output in a folder that does not exist
+    target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
+    targets.append(target)
+    before = set(Path("/tmp").glob("async-inspect-*"))
+    # WHEN attach is asked to write there
+    status, line = attach_error(target.pid, None, "--output", str(tmp_path / "no" / "x.jsonl"))
+    # THEN one line says so, and nothing is left in the target: no rendezvous folder either
+    assert status != 0 and "cannot write" in line and "choose another --output" in line
+    assert set(Path("/tmp").glob("async-inspect-*")) == before
     assert target.alive() and target.probe()["modules"] == []
 
 

@@ -31,6 +31,7 @@ class Rendezvous:
     target_dir: str  # the same folder as the target sees it
     uid: int  # the target's effective user and group, who must be able to use the folder
     gid: int
+    same_root: bool = False  # the target's / is ours: target_dir is also our path to it
 
     def host_path(self, name: str) -> str:
         """Path of `name` in the folder, for us."""
@@ -50,6 +51,8 @@ class Rendezvous:
     def remove(self) -> None:
         """Delete the folder and all in it (idempotent)."""
         shutil.rmtree(self.host_dir, ignore_errors=True)
+        if self.same_root:  # /proc/PID/root is gone once the target has exited
+            shutil.rmtree(self.target_dir, ignore_errors=True)
 
 
 def prepare_rendezvous(target: TargetInfo) -> Rendezvous:
@@ -75,11 +78,18 @@ def prepare_rendezvous(target: TargetInfo) -> Rendezvous:
         if os.geteuid() == 0:
             os.chown(host_dir, uid, gid)
         relative = os.path.relpath(host_dir, target.root)
-        return Rendezvous(host_dir, "/" + relative, uid, gid)
+        return Rendezvous(host_dir, "/" + relative, uid, gid, _same_root(target.root))
     raise AttachError(
         f"no writable folder in the file system of PID {target.pid} ({'; '.join(errors)})",
         "give the target a writable /tmp (e.g. an emptyDir volume)",
     )
+
+
+def _same_root(root: str) -> bool:
+    try:
+        return os.path.samestat(os.stat(root), os.stat("/"))
+    except OSError:
+        return False
 
 
 def _owner(pid: int) -> tuple[int, int]:

@@ -229,6 +229,7 @@ def test_target_exiting_ends_the_session_with_what_was_captured(
 ) -> None:
     target = Target(INTERPRETERS[min(INTERPRETERS)], "idle")
     targets.append(target)
+    folders = set(Path("/tmp").glob("async-inspect-*"))
     session = Session(target.pid, "--endpoint", receiver.endpoint, "--no-tree")
     session.wait_for("attached")
     assert target.send("request") == "ok"
@@ -238,6 +239,8 @@ def test_target_exiting_ends_the_session_with_what_was_captured(
     assert f"PID {target.pid} exited" in stderr
     assert target.process.wait(10) == 0
     assert receiver.wait_for(lambda s: spec_trees(s) == [SPEC_TREE])
+    # The rendezvous folder is gone too, though /proc/PID/root went with the target
+    assert set(Path("/tmp").glob("async-inspect-*")) == folders
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")

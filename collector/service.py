@@ -178,9 +178,10 @@ class LocalCollector:
     async def agent_arriving(self, settle: float = ARRIVAL_SETTLE) -> bool:
         """Whether an agent has connected, or is connecting: the kernel may have queued or
         accepted its connection before this loop got round to serving it."""
-        deadline = asyncio.get_running_loop().time() + settle
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
         while not self.hub.connections:
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 return self._connection_queued()
             await asyncio.sleep(0.01)
         return True

@@ -137,7 +137,8 @@ Hooks_take_dropped(Hooks *h, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLongLong(count);
 }
 
-PyDoc_STRVAR(now_doc, "now()\n--\n\nThe callbacks' clock: time.perf_counter_ns() on Linux.");
+PyDoc_STRVAR(now_doc, "now()\n--\n\nThe callbacks' clock: time.perf_counter_ns() on Linux, read "
+                      "through the time-stamp counter where clock.c allows.");
 
 static PyObject *
 Hooks_now(Hooks *h, PyObject *Py_UNUSED(ignored))

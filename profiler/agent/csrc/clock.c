@@ -13,7 +13,8 @@
  * base to where it reads now (never a jump) and steers its slope so that what is left of
  * the error against CLOCK_MONOTONIC (NTP's slewing, the fit's own) is gone within half a
  * second. An error above 1 ms (a VM moved to another host, a counter the kernel stopped
- * trusting) switches the counter off for good: clock_gettime from then on.
+ * trusting), or a counter that went back, switches it off for good: clock_gettime from
+ * then on.
  */
 #include "accel.h"
 
@@ -54,12 +55,10 @@ read_pair(uint64_t *tsc, int64_t *ns)
 }
 
 static void
-start_over(uint64_t tsc, int64_t ns)
+distrust(void)
 {
     ai_clock.enabled = 0;
-    fit.fitted = 0;
-    fit.anchor_tsc = tsc;
-    fit.anchor_ns = ns;
+    fit.allowed = 0;
 }
 
 static void
@@ -68,14 +67,15 @@ tick(void)
     uint64_t tsc;
     int64_t ns;
     read_pair(&tsc, &ns);
-    if (!fit.fitted && fit.anchor_ns == 0) {
-        start_over(tsc, ns);
+    if (fit.anchor_ns == 0) { /* the first tick since clock_allow */
+        fit.anchor_tsc = tsc;
+        fit.anchor_ns = ns;
         return;
     }
     int64_t measured = ns - fit.anchor_ns;
     if (measured >= FIT_NS) {
         if (tsc <= fit.anchor_tsc) { /* the counter went back: not one to trust */
-            start_over(tsc, ns);
+            distrust();
             return;
         }
         fit.rate = (uint64_t)(((unsigned __int128)measured << 32) / (tsc - fit.anchor_tsc));
@@ -98,8 +98,7 @@ tick(void)
     int64_t mapped = tsc_ns(tsc);
     int64_t error = ns - mapped;
     if (error > MAX_ERROR_NS || error < -MAX_ERROR_NS) {
-        ai_clock.enabled = 0;
-        fit.allowed = 0;
+        distrust();
         return;
     }
     ai_clock.base_tsc = tsc;

@@ -296,7 +296,7 @@ class SessionEncoder:
             if parent_task:
                 parts.append(_attribute("task.parent_id", parent_task))
             if task_name is not None:
-                parts.append(_attribute("asyncio.task.name", str(task_name)))
+                parts.append(_attribute("asyncio.task.name", wire.task_name(task_name)))
             if flags & wire.FLAG_START_UNKNOWN:
                 parts.append(_START_UNKNOWN)
             if events_dropped:

@@ -106,7 +106,7 @@ def span_attributes(
     if record[wire.SPAN_PARENT_TASK]:
         attributes["task.parent_id"] = record[wire.SPAN_PARENT_TASK]
     if record[wire.SPAN_TASK_NAME] is not None:
-        attributes["asyncio.task.name"] = str(record[wire.SPAN_TASK_NAME])
+        attributes["asyncio.task.name"] = wire.task_name(record[wire.SPAN_TASK_NAME])
     if flags & wire.FLAG_START_UNKNOWN:
         attributes["task.start_unknown"] = True
     if record[wire.SPAN_EVENTS_DROPPED]:

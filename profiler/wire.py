@@ -39,6 +39,7 @@ __all__ = [
     "decode_body",
     "encode_frame",
     "frame_of",
+    "task_name",
 ]
 
 MAGIC: Final = b"AI"
@@ -82,7 +83,7 @@ SPAN_BUSY: Final = 10  # ns the frame actually ran
 SPAN_EVENTS: Final = 11  # flat tuple: event kind, perf ns, detail (str or None), ...
 SPAN_EVENTS_DROPPED: Final = 12
 SPAN_ERROR: Final = 13  # None or (type name, message, stacktrace)
-SPAN_TASK_NAME: Final = 14  # asyncio task name on a task's first span, else None
+SPAN_TASK_NAME: Final = 14  # asyncio task name on a task's first span (see task_name), else None
 SPAN_PARENT_TASK: Final = 15  # task id of the task that created this span's task, or 0
 SPAN_LINK: Final = 16  # None, or (trace key, span id) of the span a root was split from
 SPAN_REMOTE_PARENT: Final = 17  # None, or (trace id, span id) of the app's own OTel parent
@@ -139,6 +140,12 @@ SPAN_BUCKETS: Final = len(SPAN_BOUNDS_NS) + 1
 
 class WireError(ValueError):
     """A frame or body that does not follow this format."""
+
+
+def task_name(value: object) -> str:
+    """A span's SPAN_TASK_NAME as asyncio's get_name() gives it. The compiled agent sends a
+    default name as the int N that C's asyncio.Task keeps until get_name() formats it."""
+    return f"Task-{value}" if type(value) is int else str(value)
 
 
 def encode_frame(kind: int, body: Any) -> bytes:

@@ -405,7 +405,8 @@ write_span(Writer *w, PyObject *record, Buffer *body, Buffer *out)
     }
     PyObject *events = PyTuple_GetItem(record, R_EVENTS);
     PyObject *task_name = PyTuple_GetItem(record, R_TASK_NAME);
-    if (!PyTuple_CheckExact(events) || (task_name != Py_None && !PyUnicode_CheckExact(task_name))) {
+    if (!PyTuple_CheckExact(events)
+        || (task_name != Py_None && !PyUnicode_CheckExact(task_name) && !PyLong_CheckExact(task_name))) {
         return 0;
     }
     int64_t start, end;
@@ -447,9 +448,19 @@ write_span(Writer *w, PyObject *record, Buffer *body, Buffer *out)
     }
     if (task_name != Py_None) {
         Py_ssize_t size;
-        const char *text = PyUnicode_AsUTF8AndSize(task_name, &size);
-        if (text == NULL) { /* a lone surrogate: Python says so */
-            PyErr_Clear();
+        char number[32]; /* a default name the agent sent as its N: Task-N (wire.task_name) */
+        const char *text = number;
+        if (PyLong_CheckExact(task_name)) {
+            int overflow;
+            long long n = PyLong_AsLongLongAndOverflow(task_name, &overflow);
+            if (overflow || (n == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return 0;
+            }
+            size = snprintf(number, sizeof number, "Task-%lld", n);
+        }
+        else if ((text = PyUnicode_AsUTF8AndSize(task_name, &size)) == NULL) {
+            PyErr_Clear(); /* a lone surrogate: Python says so */
             return 0;
         }
         if (put_str_attribute(w, body, p[P_task_name_key], text, size) < 0) {

@@ -207,9 +207,12 @@ def comparable(tracker: Tracker) -> list[tuple[Any, ...]]:
     return spans
 
 
-def unnumbered(text: str | None) -> str | None:
-    """`text` with asyncio's task number (counted across runs) taken out."""
-    return re.sub(r"\bTask-\d+", "Task-N", text) if text is not None else None
+def unnumbered(text: str | int | None) -> str | None:
+    """`text` with asyncio's task number (counted across runs) taken out; a task name the
+    compiled agent sent as its number (wire.task_name) reads as the name."""
+    if text is None:
+        return None
+    return re.sub(r"\bTask-\d+", "Task-N", wire.task_name(text))
 
 
 @needs_compiled
@@ -368,13 +371,32 @@ installation.install()
 async def leaf():
     await asyncio.sleep(0)
 
+async def renamed():
+    asyncio.current_task().set_name("renamed")
+    await asyncio.sleep(0)
+
+class OwnName(asyncio.Task):
+    def get_name(self):
+        return "own-" + super().get_name()
+
 async def main():
     await leaf()
     await asyncio.create_task(leaf())
+    tasks = [asyncio.create_task(leaf()) for _ in range(3)]
+    tasks += [asyncio.create_task(leaf(), name="given"), asyncio.create_task(renamed())]
+    tasks.append(OwnName(leaf()))
+    await asyncio.gather(*tasks)
+    return [task.get_name() for task in tasks]
 
-asyncio.run(main())
+app_names = asyncio.run(main())
 installation.remove()
+wire = sys.modules["_async_inspect.wire"]
+records = map(sys.modules["_async_inspect.agent.spans"].to_wire, tracker.finished)
+names = [wire.task_name(r[wire.SPAN_TASK_NAME]) for r in records if r[wire.SPAN_TASK_NAME]]
 print(json.dumps({
+    "app_names": app_names,
+    "names": names,
+    "name_at": getattr(getattr(tracker, "_hooks", None), "task_name_at", None),
     "accelerated": type(tracker).__name__ == "AcceleratedTracker",
     "why": why,
     "origin": getattr(from_, "origin", None),
@@ -416,7 +438,13 @@ def test_one_binary_serves_every_python(version: str, tmp_path: Path) -> None:
     # THEN it loads from the host's own file (same bytes at the same path) and traces
     assert answer["accelerated"], answer["why"]
     assert answer["origin"] == shipped()["path"]
-    assert answer["spans"] == 3 and answer["errors"] == 0
+    assert answer["spans"] == 9 and answer["errors"] == 0
+    # AND a task's name is the one the app sees: a default name is read where the task
+    # keeps it (learnt from the first one named), not formatted by a get_name() call
+    assert answer["name_at"] > 0
+    assert set(answer["app_names"]) <= set(answer["names"])
+    assert answer["app_names"][-3:] == ["given", "renamed", answer["app_names"][-1]]
+    assert answer["app_names"][-1].startswith("own-Task-")
 
 
 @needs_compiled
@@ -427,7 +455,7 @@ def test_a_target_that_sees_other_files_loads_it_from_memory(tmp_path: Path) -> 
     # THEN the bytes are mapped from an anonymous memory file: nothing on any disk
     assert answer["accelerated"], answer["why"]
     assert answer["origin"].startswith("/proc/self/fd/")
-    assert answer["files"] == [] and answer["spans"] == 3
+    assert answer["files"] == [] and answer["spans"] == 9
 
 
 @needs_compiled
@@ -446,7 +474,7 @@ def test_a_binary_the_target_cannot_load_means_pure_python(tmp_path: Path) -> No
     # THEN the agent runs its pure-Python callbacks, says why, and traces as well
     assert not answer["accelerated"]
     assert "memfd" in answer["why"] and "socket folder" in answer["why"]
-    assert answer["spans"] == 3 and answer["errors"] == 0 and answer["files"] == []
+    assert answer["spans"] == 9 and answer["errors"] == 0 and answer["files"] == []
 
 
 def test_nothing_shipped_or_turned_off_in_the_target(tmp_path: Path) -> None:

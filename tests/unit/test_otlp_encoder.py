@@ -65,6 +65,7 @@ RECORDS = {
     "task root": record(
         parent=0, task_name="Task-7", parent_task=2, flags=wire.FLAG_TASK_ROOT, thread=-1
     ),
+    "default task name, as its number": record(task_name=7, flags=wire.FLAG_TASK_ROOT),
     "failed": record(
         state=wire.STATE_FAILED,
         error=ERROR,
@@ -204,6 +205,7 @@ def writer_variants() -> list[tuple[Any, ...]]:
     edges = [
         record(thread=-(1 << 63)), record(thread=(1 << 63) - 1), record(thread=1 << 63),
         record(task_name="tâche ✓"), record(task_name="\ud800"), record(task_name=5),
+        record(task_name=-(1 << 63)), record(task_name=1 << 64), record(task_name=True),
         record(parent_task=9, dropped=3, flags=wire.FLAG_START_UNKNOWN | wire.FLAG_TASK_ROOT),
         record(attrs=()), record(attrs=(("k", "v"),)), record(busy=-5), record(busy=1 << 62),
         record(events=(wire.EVENT_BLOCKED, 20_000, ["unhashable"])), record(start=-(1 << 62)),
@@ -216,7 +218,7 @@ def writer_variants() -> list[tuple[Any, ...]]:
     pools: dict[str, list[Any]] = {
         "id": [1, 2, 77, 1 << 40], "parent": [0, 1, 5], "code": [1, 1, 1, 2, 3],
         "thread": [4242, 0, -1], "task": [1, 3, 1 << 33], "state": [1, 1, 2, 3, 4],
-        "dropped": [0, 0, 4], "task_name": [None, None, "Task-9", ""], "parent_task": [0, 2],
+        "dropped": [0, 0, 4], "task_name": [None, None, "Task-9", "", 9], "parent_task": [0, 2],
         "flags": [0, 1, 2, 3, 5], "busy": [0, 400_000, 3_000_000_000],
         "start": [0, 10_000, 999_999_999_999], "end": [0, 2_510_000, 1 << 50],
         "events": [(), RECORDS["child"][wire.SPAN_EVENTS],
@@ -242,4 +244,6 @@ def test_the_compiled_writer_writes_what_python_writes_byte_for_byte() -> None:
     assert ours._writer is not None
     written = ours._writer.encode(records)
     assert written[0] is not None  # RECORDS["child"]
+    default_name = list(RECORDS).index("default task name, as its number")
+    assert written[default_name] is not None
     assert sum(span is not None for span in written) > len(records) // 3

@@ -120,6 +120,9 @@ typedef struct {
     double ratio;
     int parent_based;
     int factory_checks;
+    /* Where an asyncio.Task keeps its name, in bytes from its start: 0 not learnt yet, -1
+     * not found (taskinfo.c: info_name). */
+    Py_ssize_t task_name_at;
     CodeTable codes;
     WakeTable wakes;
     MeterTable meters;

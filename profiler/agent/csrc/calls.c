@@ -241,5 +241,7 @@ AI_INTERNAL PyMemberDef Hooks_members[] = {
      PyDoc_STR("The id the next TaskInfo gets.")},
     {"running", Py_T_LONGLONG, offsetof(Hooks, running), 0,
      PyDoc_STR("Spans in `open` running now; Python adds those it makes running.")},
+    {"task_name_at", Py_T_PYSSIZET, offsetof(Hooks, task_name_at), Py_READONLY,
+     PyDoc_STR("Where an asyncio.Task keeps its name: 0 not learnt yet, -1 not found.")},
     {NULL, 0, 0, 0, NULL},
 };

@@ -130,6 +130,11 @@ class OtlpReceiver:
         with self.lock:
             return [span for request in self.requests for span in request.spans]
 
+    def clear(self) -> None:
+        """Forget the requests received so far."""
+        with self.lock:
+            self.requests.clear()
+
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[ReceivedSpan]:
         """Wait until predicate(spans) is true; return the spans (asserting on timeout)."""
         deadline = time.monotonic() + timeout

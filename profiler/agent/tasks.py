@@ -4,6 +4,12 @@ that already existed when the agent started.
 The factory is what tells the tracker which span created a task (so a task spawned by a
 coroutine becomes that coroutine's child span). It chains to whatever factory the app
 installed, with the same arguments, so an eager factory stays eager.
+
+CPython 3.13.0 to 3.13.3 rename every task created without a name to "None" once a loop has
+a task factory: create_task calls the factory without the name, then `task.set_name(name)`
+whatever it is (python/cpython#130033). On those versions, a loop whose app set no factory
+gets no factory from us either: the loop's own `create_task` is wrapped instead (an
+attribute of the loop object, removed at detach), so its tasks keep their names.
 """
 
 from __future__ import annotations
@@ -29,58 +35,94 @@ _LOOP_CODES = {
 }
 
 
+def _new_task(tracker: Tracker, caller: FrameType, coro: Any, create: Callable[..., Any],
+              *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+    """create(*args, **kwargs): a task running `coro`, made from `caller`'s code, reported to
+    `tracker` before (which span made it) and after (the task itself)."""
+    info = None
+    try:
+        if not tracker.paused:  # between bursts nothing is recorded (bursts.py)
+            info = tracker.task_created(coro, caller)
+    except Exception as exc:  # never let our bookkeeping break task creation
+        tracker.fault(exc)
+    task = create(*args, **kwargs)
+    if info is not None:
+        try:
+            tracker.task_bound(info, task, coro)
+        except Exception as exc:
+            tracker.fault(exc)
+    return task
+
+
 def make_factory(tracker: Tracker, inner: TaskFactory | None) -> TaskFactory:
     """A task factory that reports each new task to `tracker`, then defers to `inner`."""
     task_class = asyncio.Task
 
     def async_inspect_task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-        info = None
-        try:
-            if not tracker.paused:  # between bursts nothing is recorded (bursts.py)
-                info = tracker.task_created(coro, sys._getframe(1))
-        except Exception as exc:  # never let our bookkeeping break task creation
-            tracker.fault(exc)
-        task = (
-            inner(loop, coro, **kwargs)
-            if inner is not None
-            else (task_class(coro, loop=loop, **kwargs))
-        )
-        if info is not None:
-            try:
-                tracker.task_bound(info, task, coro)
-            except Exception as exc:
-                tracker.fault(exc)
-        return task
+        if inner is not None:
+            return _new_task(tracker, sys._getframe(1), coro, inner, loop, coro, **kwargs)
+        return _new_task(tracker, sys._getframe(1), coro, task_class, coro, loop=loop, **kwargs)
 
     setattr(async_inspect_task_factory, _MARK, True)
     async_inspect_task_factory.__wrapped__ = inner  # type: ignore[attr-defined]
     return async_inspect_task_factory
 
 
+# True where create_task names a factory's task after the factory returns (see above).
+_NAMES_AFTER_FACTORY = "set_name" in asyncio.base_events.BaseEventLoop.create_task.__code__.co_names
+
+
+def make_create_task(tracker: Tracker, loop: Any) -> Callable[..., Any]:
+    """`loop.create_task`, reporting each new task to `tracker` as make_factory's factory
+    does; it holds the loop weakly (it is kept in the loop's own __dict__)."""
+    create_task = type(loop).create_task
+    loop_ref = weakref.ref(loop)
+
+    def async_inspect_create_task(coro: Any, **kwargs: Any) -> Any:
+        return _new_task(tracker, sys._getframe(1), coro, create_task, loop_ref(), coro, **kwargs)
+
+    setattr(async_inspect_create_task, _MARK, True)
+    return async_inspect_create_task
+
+
 class LoopWatcher:
-    """Installs our factory on each loop once, and restores the app's factory on stop."""
+    """Installs our factory on each loop once (or wraps its create_task, see above), and
+    restores the app's factory on stop."""
 
     def __init__(self, tracker: Tracker) -> None:
         self._tracker = tracker
-        self._loops: dict[int, tuple[weakref.ref[Any], TaskFactory, TaskFactory | None]] = {}
+        # id(loop) -> (the loop, weakly; our factory or create_task; the app's factory or
+        # None; True if ours is the loop's create_task)
+        self._loops: dict[int, tuple[weakref.ref[Any], TaskFactory, TaskFactory | None, bool]] = {}
 
     def ensure(self, loop: Any) -> None:
         """Put our factory in front of `loop`'s (again, if the app replaced ours)."""
         entry = self._loops.get(id(loop))
         current = loop.get_task_factory()
-        if entry is not None and entry[0]() is loop and current is entry[1]:
-            return
+        if entry is not None and entry[0]() is loop:
+            ours = vars(loop).get("create_task") if entry[3] else current
+            if ours is entry[1]:
+                return
         if getattr(current, _MARK, False):  # left by an agent we took over from
             current = current.__wrapped__
+        if _NAMES_AFTER_FACTORY and current is None and hasattr(loop, "__dict__"):
+            create_task = make_create_task(self._tracker, loop)
+            loop.create_task = create_task
+            self._loops[id(loop)] = (weakref.ref(loop), create_task, None, True)
+            return
         factory = make_factory(self._tracker, current)
         loop.set_task_factory(factory)
-        self._loops[id(loop)] = (weakref.ref(loop), factory, current)
+        self._loops[id(loop)] = (weakref.ref(loop), factory, current, False)
 
     def restore_all(self) -> None:
         """Give every loop back the factory it had (unless the app changed it since)."""
-        for ref, factory, inner in self._loops.values():
+        for ref, ours, inner, is_create_task in self._loops.values():
             loop = ref()
-            if loop is not None and loop.get_task_factory() is factory:
+            if loop is None:
+                continue
+            if is_create_task and vars(loop).get("create_task") is ours:
+                del loop.create_task
+            elif not is_create_task and loop.get_task_factory() is ours:
                 loop.set_task_factory(inner)
         self._loops.clear()
 

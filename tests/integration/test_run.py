@@ -111,6 +111,37 @@ def test_run_exports_the_spec_tree_over_otlp(python: str, receiver: OtlpReceiver
     assert auth.scope == "async-inspect"
 
 
+def test_tasks_keep_their_names_and_spans_carry_them(
+    python: str, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    # GIVEN an app naming its tasks every way asyncio allows, and printing what it sees
+    # WHEN it runs under `async-inspect run`, compiled callbacks and pure Python alike
+    output = tmp_path / "spans.jsonl"
+    for accelerated in ("1", "0"):
+        result = subprocess.run(
+            [*CLI, "run", "--endpoint", receiver.endpoint, "--output", str(output),
+             "--no-tree", "--", python, str(TARGETS / "task_names.py")],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "ASYNC_INSPECT_ACCELERATOR": accelerated},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        # THEN the app sees the names it would see without us (no "None")
+        seen = json.loads(result.stdout)
+        assert seen[3:6] == ["given", "renamed", seen[5]]
+        assert seen[5].startswith("own-Task-")
+        assert all(name.startswith("Task-") for name in seen[:3] + seen[6:]), seen
+        # AND each task's span carries that name
+        names = set(seen)
+        spans = receiver.wait_for(
+            lambda s, names=names: names <= {x.attributes.get("asyncio.task.name") for x in s}
+        )
+        assert "None" not in {s.attributes.get("asyncio.task.name") for s in spans}
+        receiver.clear()
+        # (and so does each JSON line)
+        lines = [json.loads(line) for line in output.read_text().splitlines()]
+        assert set(seen) <= {line["attributes"].get("asyncio.task.name") for line in lines}
+
+
 def test_run_without_endpoint_draws_trees_and_writes_json_lines(tmp_path: Path) -> None:
     # GIVEN no endpoint anywhere
     output = tmp_path / "spans.jsonl"

@@ -1,0 +1,39 @@
+"""Tasks named every way asyncio allows; prints the names the app itself sees, as JSON.
+
+Default names, a name given at creation, one set by the task itself, and a Task subclass
+with its own get_name(): the agent must report each as the app sees it, and must not change
+any of them (CPython 3.13.0-3.13.3 rename a task to "None" once a loop has a task factory).
+"""
+
+import asyncio
+import json
+
+
+async def leaf() -> None:
+    await asyncio.sleep(0)
+
+
+async def renames_itself() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task.set_name("renamed")
+    await asyncio.sleep(0)
+
+
+class OwnName(asyncio.Task):  # type: ignore[type-arg]
+    def get_name(self) -> str:
+        return "own-" + super().get_name()
+
+
+async def main() -> None:
+    tasks = [asyncio.create_task(leaf()) for _ in range(3)]
+    tasks.append(asyncio.create_task(leaf(), name="given"))
+    tasks.append(asyncio.get_running_loop().create_task(renames_itself()))
+    tasks.append(OwnName(leaf()))
+    async with asyncio.TaskGroup() as group:
+        tasks.append(group.create_task(leaf()))
+    await asyncio.gather(*tasks)
+    print(json.dumps([task.get_name() for task in tasks]))
+
+
+asyncio.run(main())

@@ -5,11 +5,13 @@ The factory is what tells the tracker which span created a task (so a task spawn
 coroutine becomes that coroutine's child span). It chains to whatever factory the app
 installed, with the same arguments, so an eager factory stays eager.
 
-CPython 3.13.0 to 3.13.3 rename every task created without a name to "None" once a loop has
+CPython 3.13.0 to 3.13.2 rename every task created without a name to "None" once a loop has
 a task factory: create_task calls the factory without the name, then `task.set_name(name)`
-whatever it is (python/cpython#130033). On those versions, a loop whose app set no factory
-gets no factory from us either: the loop's own `create_task` is wrapped instead (an
-attribute of the loop object, removed at detach), so its tasks keep their names.
+whatever it is (python/cpython#130033). Where create_task names the factory's task at all
+(3.13's; checked in its code, as the releases after 3.13.2 changed it back and forth), a
+loop whose app set no factory gets no factory from us either: the loop's own `create_task`
+is wrapped instead (an attribute of the loop object, removed at detach), so its tasks keep
+their names.
 """
 
 from __future__ import annotations

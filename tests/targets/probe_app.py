@@ -36,7 +36,7 @@ def probe(loop):
     return {
         "tools": {str(i): sys.monitoring.get_tool(i) for i in range(6)},
         "factory": repr(loop.get_task_factory()),
-        "create_task_wrapped": "create_task" in vars(loop),  # by the agent on 3.13.0-3.13.3
+        "create_task_wrapped": "create_task" in vars(loop),  # by the agent on 3.13
         "threads": sorted(t.name for t in threading.enumerate()),
         "modules": sorted(m for m in sys.modules if "async_inspect" in m),
         "main_globals": sorted(k for k in vars(sys.modules["__main__"]) if "inspect" in k),

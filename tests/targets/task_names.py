@@ -2,7 +2,7 @@
 
 Default names, a name given at creation, one set by the task itself, and a Task subclass
 with its own get_name(): the agent must report each as the app sees it, and must not change
-any of them (CPython 3.13.0-3.13.3 rename a task to "None" once a loop has a task factory).
+any of them (CPython 3.13.0-3.13.2 rename a task to "None" once a loop has a task factory).
 """
 
 import asyncio

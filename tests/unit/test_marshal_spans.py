@@ -42,6 +42,7 @@ def plain() -> list[S.Span]:
     return [
         span(),
         span(EVENTS=None, TASK_NAME="Task-12", PARENT_TASK=9),
+        span(TASK_NAME=12, START=2**32, END=2**45 + 2**30 + 7, THREAD=-(2**47) - 3),
         span(EVENTS=[], TASK_NAME="tâche ✓ " * 40, ERROR=("ValueError", "bad", "Traceback...")),
         span(ID=2**63 - 1, TRACE=-(2**63), START=2**31, END=-(2**31) - 1, BUSY=2**31 - 1),
         span(ID=-1, PARENT_ID=-(2**31), TASK=2**62, THREAD=0, POLLS=-(2**40)),

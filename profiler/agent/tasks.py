@@ -107,7 +107,15 @@ class LoopWatcher:
                 return
         if getattr(current, _MARK, False):  # left by an agent we took over from
             current = current.__wrapped__
-        if _NAMES_AFTER_FACTORY and current is None and hasattr(loop, "__dict__"):
+        # Not over a create_task the app itself put on the loop: a factory then.
+        attributes = getattr(loop, "__dict__", None)
+        own = attributes.get("create_task") if attributes is not None else None
+        if (
+            _NAMES_AFTER_FACTORY
+            and current is None
+            and attributes is not None
+            and (own is None or hasattr(own, _MARK))
+        ):
             create_task = make_create_task(self._tracker, loop)
             loop.create_task = create_task
             self._loops[id(loop)] = (weakref.ref(loop), create_task, None, True)

@@ -3,6 +3,7 @@ L1 instruction and data cache misses, branch mispredictions (cachegrind).
 
     .venv/bin/python -m benchmarks.server_counts          # ~6 minutes; needs valgrind and hey
     .venv/bin/python -m benchmarks.server_counts --modes plain,full
+    .venv/bin/python -m benchmarks.server_counts --modes plain,full --functions 30
 
 The W2 target (targets/hello_server.py) runs under `valgrind --tool=cachegrind` on the target
 CPU: plainly, or under `async-inspect run` (the CLI on the load CPU) with every trace sampled
@@ -10,6 +11,10 @@ CPU: plainly, or under `async-inspect run` (the CLI on the load CPU) with every 
 off (`paused`: `--burst`, one 50 ms burst at the start). `hey` sends it N requests over 50
 kept-alive connections, then N + 10,000 in a second run; the difference of the two runs'
 totals / 10,000 is the cost of one request (start-up, imports and shut-down cancel out).
+
+`--functions N` runs callgrind instead and prints, per request, the N functions whose own
+instructions differ most from plain's (callgrind_annotate, exclusive counts): where the
+agent's instructions go, in the server as it runs, sender thread included.
 
 Unlike benchmarks.callbacks_cost (the agent's callbacks in one process with a client), this is
 the server as benchmarks.overhead measures it, sender thread included, one request per
@@ -28,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +59,15 @@ MODES = {
 }
 
 
-def serve_and_count(mode: str, requests: int, target_cpu: int, load_cpu: int) -> dict[str, int]:
-    """Totals cachegrind counted over a whole run of the server answering `requests`."""
-    with_valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes",
-                     "--cachegrind-out-file=/dev/null", sys.executable, str(TARGET)]  # fmt: skip
-    argv = pinned(target_cpu, with_valgrind)
+def serve_and_count(
+    mode: str, requests: int, target_cpu: int, load_cpu: int, profile: Path | None = None
+) -> dict[str, int]:
+    """Totals cachegrind counted over a whole run of the server answering `requests`; with
+    `profile`, the instructions callgrind counted in each function (written there)."""
+    tool = (["--tool=callgrind", f"--callgrind-out-file={profile}"] if profile is not None
+            else ["--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes",
+                  "--cachegrind-out-file=/dev/null"])  # fmt: skip
+    argv = pinned(target_cpu, ["valgrind", *tool, sys.executable, str(TARGET)])
     if MODES[mode]:
         argv = pinned(load_cpu, [sys.executable, "-m", "profiler", *MODES[mode], "--", *argv])
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -83,6 +93,8 @@ def serve_and_count(mode: str, requests: int, target_cpu: int, load_cpu: int) ->
         if server.poll() is None:
             server.send_signal(signal.SIGKILL)
             server.wait()
+    if profile is not None:
+        return function_counts(profile)
     counts = {}
     for name, label in EVENTS.items():
         found = re.search(re.escape(label) + r":\s+([\d,]+)", errors)
@@ -92,6 +104,38 @@ def serve_and_count(mode: str, requests: int, target_cpu: int, load_cpu: int) ->
     return counts
 
 
+def function_counts(profile: Path) -> dict[str, int]:
+    """Instructions per function (its own, not its callees'), by `file:function`."""
+    report = subprocess.run(
+        ["callgrind_annotate", "--auto=no", "--inclusive=no", "--threshold=100", str(profile)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    counts: dict[str, int] = {}
+    for line in report.splitlines():
+        found = re.match(r"\s*([\d,]+) \([\s\d.]+%\)\s+(\S+)", line)
+        if found is None or "PROGRAM" in line or "events annotated" in line:
+            continue
+        where = found.group(2)
+        name = f"{Path(where.split(':', 1)[0]).name}:{where.split(':', 1)[-1]}"
+        counts[name] = counts.get(name, 0) + int(found.group(1).replace(",", ""))
+    return counts
+
+
+def print_functions(per_request: dict[str, dict[str, float]], top: int) -> None:
+    """The `top` functions whose instructions per request differ most from plain's."""
+    plain = per_request["plain"]
+    for mode, counts in per_request.items():
+        if mode == "plain":
+            continue
+        print(f"\n{mode}: instructions per request, by function, against plain "
+              f"(total {sum(counts.values()):,.0f} vs {sum(plain.values()):,.0f})")  # fmt: skip
+        names = set(counts) | set(plain)
+        ranked = sorted(names, key=lambda n: -abs(counts.get(n, 0) - plain.get(n, 0)))
+        for name in ranked[:top]:
+            mine, theirs = counts.get(name, 0.0), plain.get(name, 0.0)
+            print(f"{mine - theirs:>+10,.0f} {theirs:>10,.0f} {mine:>10,.0f}  {name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server_counts",
                                      description=__doc__.split("\n")[0])  # fmt: skip
@@ -99,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="N of the first run (2000)")
     parser.add_argument("--target-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--functions", type=int, default=0, metavar="N",
+                        help="callgrind: the N functions that differ most from plain")  # fmt: skip
     args = parser.parse_args(argv)
     for tool, package in (("valgrind", "valgrind"), ("hey", "hey")):
         if shutil.which(tool) is None:
@@ -107,13 +153,28 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"unknown modes {sorted(unknown)}: known are {', '.join(MODES)}")
+    if args.functions and modes[0] != "plain":
+        raise SystemExit("--functions compares with plain: start --modes with plain")
     started = time.monotonic()
     per_request: dict[str, dict[str, float]] = {}
-    for mode in modes:
-        runs = [serve_and_count(mode, n, args.target_cpu, args.load_cpu)
-                for n in (args.requests, args.requests + MORE)]  # fmt: skip
-        per_request[mode] = {name: (runs[1][name] - runs[0][name]) / MORE for name in EVENTS}
-        print(f"[{mode}] {per_request[mode]}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="server-counts-") as scratch:
+        for mode in modes:
+            runs = [
+                serve_and_count(mode, n, args.target_cpu, args.load_cpu,
+                                Path(scratch, f"{mode}-{n}.out") if args.functions else None)
+                for n in (args.requests, args.requests + MORE)
+            ]  # fmt: skip
+            names = set(runs[0]) | set(runs[1])
+            per_request[mode] = {
+                name: (runs[1].get(name, 0) - runs[0].get(name, 0)) / MORE for name in names
+            }
+            if not args.functions:
+                print(f"[{mode}] {per_request[mode]}", file=sys.stderr)
+    if args.functions:
+        print(f"W2 server under callgrind ({MORE:,} requests; "
+              f"{time.monotonic() - started:.0f}s)")  # fmt: skip
+        print_functions(per_request, args.functions)
+        return 0
     plain = per_request.get("plain")
     print(f"W2 server, per request, under cachegrind ({MORE:,} requests; "
           f"{time.monotonic() - started:.0f}s)")  # fmt: skip

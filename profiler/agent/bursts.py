@@ -5,7 +5,8 @@ Sampling per trace decides at each root, so a dropped trace still costs a callba
 traced coroutine call (README, "What it costs an app"). In burst mode the agent records
 everything for `burst` seconds, then switches its events off until the next burst starts,
 `burst_every` seconds after this one did: between bursts the app runs as if we were not
-there, but for the sender thread's ticks. A burst starts with the attach.
+there, but for the sender thread's ticks (sender.PAUSED_TICK apart). A burst starts with the
+attach.
 
 At a burst's end the spans still open are cut: the sampled ones are shipped in flight (as
 at detach: state running or blocked) and forgotten; their coroutines go on, and the next

@@ -21,6 +21,10 @@ from .tracker import Tracker
 __all__ = ["Sender"]
 
 TICK = 0.05
+# Between bursts nothing is recorded, and the app runs as if we were not there but for these
+# wake-ups: each takes the GIL from the app, on its CPU. A detach request waits up to this.
+# Side by side, W2 between bursts with 1 s ticks against 50 ms ones: 0.992 [0.955-1.013].
+PAUSED_TICK = 0.25
 RECONNECT_EVERY = 1.0
 
 
@@ -73,9 +77,7 @@ class Sender:
         orphan_timeout = self.tracker.settings.orphan_timeout
         lost_at: float | None = None
         bursts = self.bursts
-        while not self._stop.wait(
-            TICK if bursts is None else min(TICK, bursts.until_next(time.monotonic()))
-        ):
+        while not self._stop.wait(self._until_tick()):
             try:
                 for kind, body in self.channel.receive():
                     if kind == wire.STOP:
@@ -100,6 +102,14 @@ class Sender:
                     self.ship(with_stats=True)
             except Exception as exc:  # the sender must outlive any single bad shipment
                 self.tracker.fault(exc)
+
+    def _until_tick(self) -> float:
+        """Seconds to the next tick: TICK, PAUSED_TICK between bursts, or sooner for a switch."""
+        bursts = self.bursts
+        if bursts is None:
+            return TICK
+        tick = TICK if bursts.recording else PAUSED_TICK
+        return min(tick, bursts.until_next(time.monotonic()))
 
     def ship(self, with_stats: bool = False, extra: list[tuple[Any, ...]] | None = None) -> None:
         """Send new code entries, finished spans (and `extra` records), then stats."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from collector.settings import resolve
 from profiler import wire
 from profiler.agent.bursts import Bursts
 from profiler.agent.monitoring import Installation, claim_tool_id
+from profiler.agent.sender import PAUSED_TICK, TICK, Sender
 from profiler.agent.settings import AgentSettings
 from profiler.agent.tracker import Tracker
 from profiler.errors import ConfigError
@@ -73,6 +75,34 @@ def test_bursts_switch_every_event_off_and_on_on_schedule(
     # A late tick (the GIL was busy) keeps the pause as long as it should be
     bursts.tick(101.5)
     assert bursts.until_next(101.5) == pytest.approx(0.8)
+
+
+def test_between_bursts_the_sender_wakes_less_often(
+    tracked: tuple[Tracker, Installation],
+) -> None:
+    # GIVEN a sender driving 1 s bursts every 10 s
+    tracker, installation = tracked
+    settings = AgentSettings(burst=1.0, burst_every=10.0)
+
+    def sender_of(bursts: Bursts) -> Sender:
+        return Sender(tracker, None, lambda _: {}, lambda _: None, bursts)  # type: ignore[arg-type]
+
+    start = time.monotonic()
+    bursts = Bursts(settings, installation, now=start)
+    sender = sender_of(bursts)
+    # THEN during a burst it ticks every TICK, and between bursts every PAUSED_TICK
+    assert sender._until_tick() == TICK
+    bursts.tick(start + 1.0)
+    assert not bursts.recording
+    assert sender._until_tick() == PAUSED_TICK > TICK
+    bursts.tick(start + 10.0)
+    assert bursts.recording
+    # AND never past the next switch: a burst that began 9.9 s ago, so the next is 0.1 s away
+    earlier = time.monotonic() - 9.9
+    soon = Bursts(settings, installation, now=earlier)
+    soon.tick(earlier + 1.0)
+    assert not soon.recording
+    assert 0.0 < sender_of(soon)._until_tick() <= 0.1
 
 
 async def waits_set() -> None:

@@ -37,33 +37,28 @@ _LOOP_CODES = {
 }
 
 
-def _new_task(tracker: Tracker, caller: FrameType, coro: Any, create: Callable[..., Any],
-              *args: Any, **kwargs: Any) -> Any:  # fmt: skip
-    """create(*args, **kwargs): a task running `coro`, made from `caller`'s code, reported to
-    `tracker` before (which span made it) and after (the task itself)."""
-    info = None
-    try:
-        if not tracker.paused:  # between bursts nothing is recorded (bursts.py)
-            info = tracker.task_created(coro, caller)
-    except Exception as exc:  # never let our bookkeeping break task creation
-        tracker.fault(exc)
-    task = create(*args, **kwargs)
-    if info is not None:
-        try:
-            tracker.task_bound(info, task, coro)
-        except Exception as exc:
-            tracker.fault(exc)
-    return task
-
-
 def make_factory(tracker: Tracker, inner: TaskFactory | None) -> TaskFactory:
     """A task factory that reports each new task to `tracker`, then defers to `inner`."""
     task_class = asyncio.Task
 
     def async_inspect_task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-        if inner is not None:
-            return _new_task(tracker, sys._getframe(1), coro, inner, loop, coro, **kwargs)
-        return _new_task(tracker, sys._getframe(1), coro, task_class, coro, loop=loop, **kwargs)
+        info = None
+        try:
+            if not tracker.paused:  # between bursts nothing is recorded (bursts.py)
+                info = tracker.task_created(coro, sys._getframe(1))
+        except Exception as exc:  # never let our bookkeeping break task creation
+            tracker.fault(exc)
+        task = (
+            inner(loop, coro, **kwargs)
+            if inner is not None
+            else (task_class(coro, loop=loop, **kwargs))
+        )
+        if info is not None:
+            try:
+                tracker.task_bound(info, task, coro)
+            except Exception as exc:
+                tracker.fault(exc)
+        return task
 
     setattr(async_inspect_task_factory, _MARK, True)
     async_inspect_task_factory.__wrapped__ = inner  # type: ignore[attr-defined]
@@ -75,13 +70,13 @@ _NAMES_AFTER_FACTORY = "set_name" in asyncio.base_events.BaseEventLoop.create_ta
 
 
 def make_create_task(tracker: Tracker, loop: Any) -> Callable[..., Any]:
-    """`loop.create_task`, reporting each new task to `tracker` as make_factory's factory
-    does; it holds the loop weakly (it is kept in the loop's own __dict__)."""
-    create_task = type(loop).create_task
+    """`loop.create_task`: make_factory's factory, in front of the loop class's own
+    create_task; it holds the loop weakly (it is kept in the loop's own __dict__)."""
+    factory = make_factory(tracker, type(loop).create_task)
     loop_ref = weakref.ref(loop)
 
     def async_inspect_create_task(coro: Any, **kwargs: Any) -> Any:
-        return _new_task(tracker, sys._getframe(1), coro, create_task, loop_ref(), coro, **kwargs)
+        return factory(loop_ref(), coro, **kwargs)
 
     setattr(async_inspect_create_task, _MARK, True)
     return async_inspect_create_task

@@ -120,7 +120,10 @@ class LoopWatcher:
         self._loops[id(loop)] = (weakref.ref(loop), factory, current, False)
 
     def restore_all(self) -> None:
-        """Give every loop back the factory it had (unless the app changed it since)."""
+        """Give every loop back the factory it had (unless the app changed it since). A
+        factory or create_task of ours the app still holds (it kept `loop.create_task`, say)
+        goes on making tasks, without telling the tracker any more."""
+        self._tracker.paused = True
         for ref, ours, inner, is_create_task in self._loops.values():
             loop = ref()
             if loop is None:

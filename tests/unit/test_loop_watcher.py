@@ -73,9 +73,13 @@ def test_where_names_would_change_the_loops_create_task_is_wrapped(
     names = run_tasks(loop)
     assert names[0].startswith("Task-") and names[1] == "given"
     assert len(recorder.created) == 3 and len(recorder.bound) == 3  # main, and its two
-    # AND detach takes the wrapper away
+    # AND detach takes the wrapper away; where the app kept it, it makes tasks unreported
+    kept = loop.create_task
     watcher.restore_all()
     assert "create_task" not in vars(loop)
+    task = kept(leaf())
+    loop.run_until_complete(task)
+    assert task.done() and len(recorder.created) == 3 and len(recorder.bound) == 3
 
 
 def test_a_create_task_the_app_put_on_its_loop_is_left_alone(

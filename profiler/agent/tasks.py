@@ -111,6 +111,8 @@ class LoopWatcher:
             and attributes is not None
             and (own is None or hasattr(own, _MARK))
         ):
+            if loop.get_task_factory() is not None:
+                loop.set_task_factory(None)  # an agent's we took over from, in front of none
             create_task = make_create_task(self._tracker, loop)
             loop.create_task = create_task
             self._loops[id(loop)] = (weakref.ref(loop), create_task, None, True)

@@ -82,6 +82,27 @@ def test_where_names_would_change_the_loops_create_task_is_wrapped(
     assert task.done() and len(recorder.created) == 3 and len(recorder.bound) == 3
 
 
+def test_a_factory_left_by_an_agent_we_took_over_from_goes_for_the_wrapper(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN such a CPython, and a loop with an earlier agent's factory in front of none
+    monkeypatch.setattr(tasks, "_NAMES_AFTER_FACTORY", True)
+    earlier = Recorder()
+    loop.set_task_factory(tasks.make_factory(earlier, None))  # type: ignore[arg-type]
+    recorder = Recorder()
+    watcher = LoopWatcher(recorder)  # type: ignore[arg-type]
+    # WHEN the watcher meets that loop
+    watcher.ensure(loop)
+    # THEN the earlier factory is gone and the wrapper reports the tasks, names kept
+    assert loop.get_task_factory() is None and "create_task" in vars(loop)
+    names = run_tasks(loop)
+    assert names[0].startswith("Task-") and names[1] == "given"
+    assert len(recorder.created) == 3 and earlier.created == []
+    # AND detach leaves the loop with no factory and no wrapper
+    watcher.restore_all()
+    assert loop.get_task_factory() is None and "create_task" not in vars(loop)
+
+
 def test_a_create_task_the_app_put_on_its_loop_is_left_alone(
     loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:

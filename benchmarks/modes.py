@@ -236,7 +236,8 @@ class Mode:
     exported_share: float  # share of traces that should reach the receiver (0: no export)
     on_ready: OnReady | None = None
     workloads: frozenset[str] | None = None  # the workloads it applies to (None: all)
-    floor: bool = False  # run from a copy whose agent is the floor build (benchmarks/floor.py)
+    # Run from a copy whose agent is built with this macro (benchmarks/floor.py), or None.
+    build_macro: str | None = None
 
     def applies_to(self, workload: str) -> bool:
         """Whether this mode is run for `workload`."""
@@ -270,6 +271,10 @@ MODES: dict[str, Mode] = {
         Mode("noop-tracer", noop_tracer(), under_cli=False, exported_share=0.0),
         Mode("noop-tracer-steps", noop_tracer("--steps"), under_cli=False, exported_share=0.0),
         # `run --endpoint` whose callbacks return at once: no span may reach the receiver.
-        Mode("floor", exporting(), under_cli=True, exported_share=0.0, floor=True),
+        Mode("floor", exporting(), under_cli=True, exported_share=0.0,
+             build_macro="AI_BENCH_FLOOR"),
+        # `run --endpoint` whose callbacks only append each traced event to a ring.
+        Mode("records", exporting(), under_cli=True, exported_share=0.0,
+             build_macro="AI_BENCH_RECORDS"),
     )
 }  # fmt: skip

@@ -34,7 +34,7 @@ from .workloads import Chains, Http, Service, Workload
 
 DEFAULT_MODES = ("baseline", "run-full", "run-10pct", "run-1pct", "run-burst-10pct",
                  "run-burst-1pct", "run-noexport", "attached", "after-detach", "peer-otel",
-                 "busy-neighbour", "noop-tracer", "floor")  # fmt: skip
+                 "busy-neighbour", "noop-tracer", "floor", "records")  # fmt: skip
 # busy-neighbour is the control of one-at-a-time runs, where the CLI's load on the other CPU
 # reaches only the target under test; side by side it reaches both targets alike.
 ONE_AT_A_TIME_ONLY = ("busy-neighbour",)
@@ -154,9 +154,9 @@ def preflight(args: argparse.Namespace, workloads: list[Workload], modes: list[s
             raise SystemExit("--against compares side by side: drop --one-at-a-time")
         if not (args.against / "profiler" / "__init__.py").is_file():
             raise SystemExit(f"--against {args.against}: not an async-inspect work tree")
-        if any(MODES[mode].floor for mode in modes):
-            raise SystemExit("--against: the floor is measured against plain python; leave "
-                             "the floor mode out (--modes)")  # fmt: skip
+        if any(MODES[mode].build_macro for mode in modes):
+            raise SystemExit("--against: the floor and records builds are measured against "
+                             "plain python; leave those modes out (--modes)")  # fmt: skip
     if args.target_cpu == args.load_cpu:
         print("warning: target and load share one CPU; ratios will be noisy", file=sys.stderr)
     if shutil.which("taskset") is None:
@@ -221,16 +221,16 @@ def run_rounds(
         )
 
     with tempfile.TemporaryDirectory(prefix="async-inspect-floor-") as scratch:
-        floor = None
-        if any(MODES[mode].floor for mode in modes):
-            print("building the floor agent (AI_BENCH_FLOOR)", file=sys.stderr, flush=True)
-            floor = str(build_floor_tree(Path(scratch)))
+        builds: dict[str, str] = {}
+        for name in sorted({m for mode in modes if (m := MODES[mode].build_macro)}):
+            print(f"building the agent with {name}", file=sys.stderr, flush=True)
+            builds[name] = str(build_floor_tree(Path(scratch) / name, name))
         for round_no in range(1, rounds + 1):
             for workload in workloads:
                 for mode in modes_for(workload, modes):
                     measured = context(workload, mode, round_no)
-                    if MODES[mode].floor:
-                        measured = replace(measured, build=floor)
+                    if (macro := MODES[mode].build_macro) is not None:
+                        measured = replace(measured, build=builds[macro])
                     if args.one_at_a_time:
                         pair: tuple[Sample, ...] = (
                             measure_once(workload, MODES[mode], measured, receiver, round_no),

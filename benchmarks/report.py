@@ -42,6 +42,7 @@ LABELS = {
     "noop-tracer": "no agent: a Python tracer on the agent's events, callbacks that do nothing",
     "noop-tracer-steps": "the same on a design following task steps (start/return + Handle._run)",
     "floor": "the floor: `run --endpoint` with callbacks that return at once (AI_BENCH_FLOOR)",
+    "records": "the records ceiling: each event only appended to a ring (AI_BENCH_RECORDS)",
     "baseline": "noise floor: plain python, round vs median",
 }
 GOALS = {  # issue 6, per mode and workload

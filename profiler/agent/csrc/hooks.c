@@ -105,6 +105,38 @@ forget_last(Hooks *h)
     h->last_kind = LAST_NONE;
 }
 
+#ifdef AI_BENCH_RECORDS
+enum { PY_START_RECORD = 1, PY_RESUME_RECORD, PY_THROW_RECORD, PY_YIELD_RECORD, PY_RETURN_RECORD,
+       PY_UNWIND_RECORD };
+
+/* A benchmark-only build (benchmarks/README.md, "The records ceiling"). Each event of traced
+ * code appends one fixed-size record (what happened, the code, the frame, the time) to a
+ * ring that nothing reads, and returns: no span, no task lookup, nothing sent. What a design
+ * that only records events in the target, and builds spans somewhere else, could cost it at
+ * best. */
+typedef struct {
+    int64_t kind, code_id, t;
+    PyObject *frame; /* an address only, never dereferenced */
+} BenchRecord;
+
+static BenchRecord bench_ring[1 << 16];
+static size_t bench_next;
+
+static PyObject *
+bench_record(Hooks *h, int kind, PyObject *code, PyObject *frame)
+{
+    CodeSlot *slot = code != NULL ? code_find(&h->codes, code) : NULL;
+    if (slot != NULL && slot->code_id != 0) {
+        BenchRecord *record = &bench_ring[bench_next++ & ((1 << 16) - 1)];
+        *record = (BenchRecord){kind, slot->code_id, now_ns(), frame};
+    }
+    Py_RETURN_NONE;
+}
+#define BENCH_RECORD(kind, code, frame) return bench_record(h, (kind), (code), (frame))
+#else
+#define BENCH_RECORD(kind, code, frame) (void)0
+#endif
+
 /* -- the sys.monitoring callbacks ------------------------------------------------------ */
 
 /* PY_START(code, offset): open a span, or DISABLE this code for good if it is not traced. */
@@ -139,6 +171,7 @@ Hooks_on_start(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
+    BENCH_RECORD(PY_START_RECORD, code, frame);
 #ifdef AI_BENCH_FLOOR
     /* A benchmark-only build (benchmarks/README.md, "The floor"): traced code's spans are
      * never opened, so every callback returns once it has looked the code up. What is
@@ -216,6 +249,7 @@ AI_INTERNAL PyObject *
 Hooks_on_resume(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *frame = (PyObject *)PyEval_GetFrame();
+    BENCH_RECORD(PY_RESUME_RECORD, nargs >= 1 ? args[0] : NULL, frame);
     PyObject *span = frame != NULL && nargs >= 1
                          ? checked(h, map_get(h->open, frame))
                          : NULL;
@@ -252,6 +286,7 @@ AI_INTERNAL PyObject *
 Hooks_on_throw(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
     forget_last(h);
+    BENCH_RECORD(PY_THROW_RECORD, nargs >= 1 ? args[0] : NULL, (PyObject *)PyEval_GetFrame());
     PyObject *span = nargs < 3 ? NULL : running_span(h, args[0], 0);
     if (span == NULL) {
         return done(h);
@@ -271,6 +306,7 @@ Hooks_on_throw(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 AI_INTERNAL PyObject *
 Hooks_on_yield(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
+    BENCH_RECORD(PY_YIELD_RECORD, nargs >= 1 ? args[0] : NULL, (PyObject *)PyEval_GetFrame());
     PyObject *span = nargs < 3 ? NULL : running_span(h, NULL, 0);
     if (span == NULL) {
         forget_last(h);
@@ -317,6 +353,7 @@ Hooks_on_return(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
         wake_set(&h->wakes, PyThread_get_thread_ident(), now_ns());
         Py_RETURN_NONE;
     }
+    BENCH_RECORD(PY_RETURN_RECORD, args[0], (PyObject *)PyEval_GetFrame());
     PyObject *span = running_span(h, NULL, 1);
     if (span == NULL) {
         return done(h);
@@ -331,6 +368,7 @@ AI_INTERNAL PyObject *
 Hooks_on_unwind(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
 {
     forget_last(h);
+    BENCH_RECORD(PY_UNWIND_RECORD, nargs >= 1 ? args[0] : NULL, (PyObject *)PyEval_GetFrame());
     PyObject *span = nargs < 3 ? NULL : running_span(h, args[0], 1);
     if (span == NULL) {
         return done(h);

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AcceleratedTracker", "available", "new_tracker"]
 
-ABI_VERSION = 7  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
+ABI_VERSION = 8  # what _accel.ABI_VERSION must be: bumped with csrc/accel.c's interface
 # Flags of the C code table (csrc/tables.h); checked with the span layout.
 CODE_WAKE, CODE_CAPTURE, CODE_RATE, CODE_REJECTED = 2, 4, 8, 64
 _CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
@@ -120,8 +120,10 @@ class AcceleratedTracker(Tracker):
 
     The C keeps a table of traced code objects (filled by `consider`), the wake time of
     each thread, and the span meters as deltas that `metrics` merges into `meters`. Its
-    TaskInfo (`_accel.TaskInfo`) has the attributes and `name()` of spans.TaskInfo; every
-    task gets one from the C, whose weak reference callback also forgets the task.
+    TaskInfo (`_accel.TaskInfo`) has the attributes and `name()` of spans.TaskInfo; the C
+    gives one to every task, and its weak reference callback forgets the task, but to a
+    task the factory did not see while it keeps its default name `Task-N`: its spans keep a
+    weak reference to it instead, and its id is 2N (tasks.c: unseen_task_info).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class AcceleratedTracker(Tracker):
         self._span_ids = self._hooks.next_span_id
         span_type = accel.Span
         self._new_span = lambda *fields: span_type(S.new_span(*fields))
+        self._named_task = self._hooks.task_name_by_ref
 
     @property
     def tasks_seen(self) -> int:

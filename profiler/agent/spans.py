@@ -8,6 +8,7 @@ layout (`wire.SPAN_*`), so shipping a span is a slice; the rest is the agent's o
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .. import wire
@@ -15,6 +16,9 @@ from .. import wire
 __all__ = ["Span", "TaskInfo", "end_in_flight", "in_flight", "new_span", "to_wire"]
 
 Span = list[Any]
+# The name of a task the compiled tracker knows by its `Task-N` alone, from the weak reference
+# its span keeps as TASK_INFO and its id (tasks.c: unseen_task_info, named_task_name).
+TaskNamer = Callable[[Any, int], Any]
 
 ID = wire.SPAN_ID
 PARENT_ID = wire.SPAN_PARENT
@@ -76,7 +80,7 @@ def to_wire(span: Span) -> tuple[Any, ...]:
     return tuple(record)
 
 
-def in_flight(spans: list[Span], now: int) -> list[tuple[Any, ...]]:
+def in_flight(spans: list[Span], now: int, named: TaskNamer | None = None) -> list[tuple[Any, ...]]:
     """Wire tuples of the sampled ones among these open spans, ended `now` and marked
     running or blocked (they are copied: the spans stay open)."""
     records = []
@@ -84,13 +88,14 @@ def in_flight(spans: list[Span], now: int) -> list[tuple[Any, ...]]:
         if span[SAMPLED]:
             copy = list(span)
             copy[EVENTS] = list(span[EVENTS] or ())
-            records.append(to_wire(end_in_flight(copy, now)))
+            records.append(to_wire(end_in_flight(copy, now, named)))
     return records
 
 
-def end_in_flight(span: Span, now: int) -> Span:
+def end_in_flight(span: Span, now: int, named: TaskNamer | None = None) -> Span:
     """`span` (an open one, taken out of `open` or a copy) ended `now` before its coroutine
-    did: marked running or blocked, and in flight."""
+    did: marked running or blocked, and in flight. `named` names the tasks known by their
+    `Task-N` alone (the compiled tracker's)."""
     span[END] = now
     resumed = span[RESUMED]
     if resumed:
@@ -99,7 +104,9 @@ def end_in_flight(span: Span, now: int) -> Span:
     span[STATE] = wire.STATE_RUNNING if resumed else wire.STATE_BLOCKED
     span[FLAGS] |= wire.FLAG_IN_FLIGHT
     info = span[TASK_INFO]
-    if info is not None:
+    if isinstance(info, weakref.ref) and named is not None:
+        span[TASK_NAME] = named(info, span[TASK])
+    elif info is not None:
         span[TASK_NAME] = info.name()
         span[PARENT_TASK] = info.creator_task
     return span

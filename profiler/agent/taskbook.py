@@ -42,7 +42,7 @@ class TaskBook:
     def _init_tasks(self) -> None:
         self.tasks_seen = 0
         self.on_new_loop = None
-        self._task_ids = itertools.count(1).__next__
+        self._task_ids = itertools.count(1, 2).__next__  # odd, as the compiled ones (tasks.c)
         self._task_frames = {}
         self._task_infos = {}
         self._task_refs = {}

@@ -106,6 +106,7 @@ class Tracker(CodeBook, TaskBook, Adoption):
         self._init_tasks()
         self.open: dict[FrameType, S.Span] = {}
         self._new_span: Callable[..., S.Span] = S.new_span  # compiled: a _accel.Span
+        self._named_task: S.TaskNamer | None = None  # compiled only (spans.end_in_flight)
         self.finished: deque[S.Span] = deque()
         self.dropped: dict[str, int] = {}  # by reason; read through drop_counts()
         self.internal_errors = 0
@@ -396,7 +397,7 @@ class Tracker(CodeBook, TaskBook, Adoption):
 
     def in_flight(self, now: int) -> list[tuple[Any, ...]]:
         """Wire tuples of every open sampled span, ended `now` (spans.in_flight)."""
-        return S.in_flight(list(self.open.values()), now)
+        return S.in_flight(list(self.open.values()), now, self._named_task)
 
     def metrics(self) -> dict[str, Any]:
         """The meters' snapshot, with live and running tasks counted now."""
@@ -423,7 +424,7 @@ class Tracker(CodeBook, TaskBook, Adoption):
         self.open.clear()
         self._wake_times.clear()
         self._forget_running()
-        cut = [S.end_in_flight(span, now) for span in spans if span[SAMPLED]]
+        cut = [S.end_in_flight(span, now, self._named_task) for span in spans if span[SAMPLED]]
         room = max(0, self._max_buffer - len(self.finished))
         self.finished.extend(cut[:room])
         for _ in cut[room:]:

@@ -192,12 +192,16 @@ def run_traced(make: Callable[[AgentSettings, int], Tracker], seed: int) -> Trac
 
 
 def comparable(tracker: Tracker) -> list[tuple[Any, ...]]:
-    """Every finished span without its times."""
+    """Every finished span without its times, its task ids numbered in order of appearance
+    (the compiled tracker gives a task it knows by its `Task-N` alone the id 2N)."""
     spans = []
+    tasks: dict[int, int] = {0: 0}
     for span in tracker.finished:
         record = list(S.to_wire(span))
         for index in TIMES:
             record[index] = None
+        for index in (wire.SPAN_TASK, wire.SPAN_PARENT_TASK):
+            record[index] = tasks.setdefault(record[index], len(tasks))
         events = record[wire.SPAN_EVENTS]
         record[wire.SPAN_EVENTS] = tuple(
             (events[i], unnumbered(events[i + 2])) for i in range(0, len(events), 3)
@@ -232,7 +236,12 @@ def test_compiled_callbacks_make_the_same_spans_and_meters(seed: int) -> None:
     assert isinstance(compiled, accelerator.AcceleratedTracker)
     assert compiled._hooks.running == 0
     assert compiled.all_codes() == python.all_codes()
-    assert compiled.tasks_seen == python.tasks_seen
+    # (a task the factory did not see is known by its Task-N alone, but the first, whose
+    # name shows the compiled tracker where a task keeps it: tasks.c, unseen_task_info)
+    by_name = {s[wire.SPAN_TASK] for s in map(S.to_wire, compiled.finished)} - {0}
+    by_name = {task_id for task_id in by_name if task_id % 2 == 0}
+    assert len(by_name) >= 3
+    assert compiled.tasks_seen + len(by_name) == python.tasks_seen
     # AND count the same spans, tasks and steps
     want, got = python.metrics(), compiled.metrics()
     for snapshot in (want, got):

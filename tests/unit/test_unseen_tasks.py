@@ -1,4 +1,4 @@
-"""Tasks the task factory never saw (aiohttp's request tasks): their ids, their TaskInfo only
+"""Tasks the task factory never saw (aiohttp's request tasks): their ids and names, an id only
 once a span of theirs is sampled, and what is kept of them once they are gone.
 
 Every test runs twice: with the pure-Python callbacks and with the compiled ones.
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from profiler import wire
+from profiler.agent.accelerator import AcceleratedTracker
 from profiler.agent.monitoring import claim_tool_id
 from profiler.agent.settings import AgentSettings
 from profiler.agent.tracker import Tracker
@@ -65,6 +66,97 @@ def test_a_task_the_factory_never_saw_keeps_one_id(
     assert len(by_task) == 3000 and set(by_task.values()) == {2}
 
 
+async def renames_itself() -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    task.set_name("renamed")
+    return 1
+
+
+def test_unseen_tasks_carry_the_names_the_app_sees_under_one_id_each(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN unseen tasks each running library code that awaits two of ours, one after the
+    # other: one keeps its default name; one renames itself in its first span; one was asked
+    # its name (get_name formats it) before it ran; one was named at creation
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    call_twice = library_call_twice()
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tasks["plain"] = asyncio.Task(call_twice(quick, quick), loop=loop)
+        tasks["renamed"] = asyncio.Task(call_twice(renames_itself, quick), loop=loop)
+        tasks["asked"] = asyncio.Task(call_twice(quick, quick), loop=loop)
+        tasks["asked"].get_name()
+        tasks["given"] = asyncio.Task(call_twice(quick, quick), loop=loop, name="given")
+        for _ in range(2):  # a task awaited by a span: its `blocked` event names it
+            await asyncio.Task(call_twice(quick, quick), loop=loop)
+        await asyncio.gather(*tasks.values())
+
+    run_watched(tracker, main)
+    traced = Traced(tracker)
+    spans = traced.named("quick") + traced.named("renames_itself")
+    # THEN both spans of each task carry its id and the name it had when each span ended
+    by_name: dict[str, set[int]] = {}
+    for span in spans:
+        name = wire.task_name(span[wire.SPAN_TASK_NAME])
+        by_name.setdefault(name, set()).add(span[wire.SPAN_TASK])
+    ids = {key: by_name.pop(task.get_name()) for key, task in tasks.items()}
+    assert all(len(one) == 1 for one in ids.values()), ids
+    assert len(by_name) == 2 and all(len(one) == 1 for one in by_name.values())
+    assert len({span[wire.SPAN_TASK] for span in spans}) == 6
+    assert 0 not in {span[wire.SPAN_TASK] for span in spans}
+    if isinstance(tracker, AcceleratedTracker):  # known by its Task-N alone (tasks.c)
+        assert ids["plain"] == {2 * int(tasks["plain"].get_name().removeprefix("Task-"))}
+    assert traced.events(traced.one("main")).count("blocked") >= 2
+    waits_for = [detail for detail in traced.one("main")[wire.SPAN_EVENTS][2::3] if detail]
+    assert sum(detail.startswith("task Task-") for detail in waits_for) == 2, waits_for
+
+
+def renames_then_waits(gate: asyncio.Event) -> Callable[[], Coroutine[Any, Any, bool]]:
+    async def waits() -> bool:
+        task = asyncio.current_task()
+        assert task is not None
+        task.set_name("renamed")
+        return await gate.wait()
+
+    return waits
+
+
+def test_unseen_tasks_reported_in_flight_carry_their_names(
+    new_tracker: Callable[[AgentSettings, int], Tracker],
+) -> None:
+    # GIVEN unseen tasks blocked in a span of ours when the open spans are reported in flight
+    # (as at detach, or at the end of a burst): one keeps its default name, one renamed
+    # itself in that span
+    tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
+    call_twice = library_call_twice()
+    records: list[tuple[Any, ...]] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+        tasks.append(asyncio.Task(call_twice(blocked_on(gate), quick), loop=loop))
+        tasks.append(asyncio.Task(call_twice(renames_then_waits(gate), quick), loop=loop))
+        await asyncio.sleep(0.01)
+        records.extend(tracker.in_flight(tracker.now()))
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    run_watched(tracker, main)
+    # THEN each in-flight span names its task as the app does, under the id its other span has
+    codes = {entry[0]: entry[1] for entry in tracker.all_codes()}
+    waiting = [r for r in records if codes[r[wire.SPAN_CODE]].endswith("waits")]
+    assert all(r[wire.SPAN_FLAGS] & wire.FLAG_IN_FLIGHT for r in waiting)
+    assert sorted(wire.task_name(r[wire.SPAN_TASK_NAME]) for r in waiting) == sorted(
+        task.get_name() for task in tasks
+    )
+    later = {span[wire.SPAN_TASK] for span in Traced(tracker).named("quick")}
+    assert {r[wire.SPAN_TASK] for r in waiting} == later
+
+
 def test_unsampled_unseen_tasks_get_no_task_info_yet_are_counted(
     new_tracker: Callable[[AgentSettings, int], Tracker],
 ) -> None:
@@ -98,7 +190,8 @@ def test_unsampled_unseen_tasks_get_no_task_info_yet_are_counted(
     none, counted_none = run(0.0)
     # THEN with none sampled, no TaskInfo was made for them (the main task's neither), and
     # the tasks are counted all the same: made, live, finished
-    assert every.tasks_seen >= 307
+    every_ids = {span[wire.SPAN_TASK] for span in Traced(every).named("quick")}
+    assert len(every_ids) == 307 and 0 not in every_ids
     assert none.tasks_seen <= 2  # asyncio.run's own clean-up tasks, through the factory
     for key in ("tasks_created", "tasks_live", "tasks_finished"):
         assert counted_none[key] == counted_every[key], key

@@ -24,7 +24,7 @@
 _Static_assert(sizeof(long) == sizeof(int64_t), "an LP64 platform");
 
 /* Bumped whenever what accelerator.py passes in or expects back changes. */
-#define ABI_VERSION 7
+#define ABI_VERSION 8
 
 /* Span list positions (spans.py); checked against Python's when a Hooks is made. */
 enum {
@@ -357,6 +357,7 @@ AI_INTERNAL PyObject *new_task_info(PyTypeObject *type, int64_t task_id, PyObjec
 AI_INTERNAL int discard_key(PyObject *dict, PyObject *key, PyObject *value);
 AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
 AI_INTERNAL int info_id(Hooks *h, PyObject *info, int64_t *out);
+AI_INTERNAL int64_t default_name_number(Hooks *h, PyObject *task);
 AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);
 AI_INTERNAL PyObject *info_creator(Hooks *h, PyObject *info);
 AI_INTERNAL PyObject *info_ref(Hooks *h, PyObject *info);
@@ -372,12 +373,15 @@ is_task_info(Hooks *h, PyObject *info)
 
 AI_INTERNAL PyObject *find_open_span(Hooks *h, PyObject *frame);
 AI_INTERNAL PyObject *info_for(Hooks *h, PyObject *task);
+AI_INTERNAL PyObject *unseen_task_info(Hooks *h, PyObject *task, int64_t *task_id);
+AI_INTERNAL PyObject *named_task_name(Hooks *h, PyObject *ref, int64_t task_id);
 AI_INTERNAL PyObject *task_created(Hooks *h, PyObject *coro, PyObject *frame);
 AI_INTERNAL int task_bound(Hooks *h, PyObject *info, PyObject *task, PyObject *coro);
 /* Where a new span belongs (find_parent), as new references: its parent span or None; the
  * TaskInfo of the task it is the first span of, or None; for the first span of a task the
- * factory did not see, that task (`unseen`, given a TaskInfo only once one of its spans is
- * sampled: open_span), else None; and whether the parent awaits it in the same task. */
+ * factory did not see, that task (`unseen`, given an id only once one of its spans is
+ * sampled: open_span, unseen_task_info), else None; and whether the parent awaits it in
+ * the same task. */
 typedef struct {
     PyObject *parent, *info, *unseen;
     int same_task;

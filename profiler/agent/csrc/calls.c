@@ -184,6 +184,24 @@ Hooks_info_for(Hooks *h, PyObject *task)
     return info_for(h, task);
 }
 
+PyDoc_STRVAR(task_name_by_ref_doc,
+             "task_name_by_ref(ref, task_id)\n--\n\n"
+             "The name of a task known by its Task-N alone, whose span keeps `ref` (a weak "
+             "reference to it) as TASK_INFO: the str or int N it holds now, N if gone.");
+
+static PyObject *
+Hooks_task_name_by_ref(Hooks *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long task_id = nargs == 2 ? PyLong_AsLongLong(args[1]) : -1;
+    if (nargs != 2 || !PyWeakref_CheckRef(args[0]) || task_id <= 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "task_name_by_ref(ref, task_id)");
+        }
+        return NULL;
+    }
+    return named_task_name(h, args[0], task_id);
+}
+
 PyDoc_STRVAR(marshal_spans_doc,
              "marshal_spans(spans)\n--\n\nmarshal.dumps([spans.to_wire(s) for s in spans]), "
              "in marshal's format but written here; None if a value is not one of a record's "
@@ -231,6 +249,8 @@ AI_INTERNAL PyMethodDef Hooks_methods[] = {
     {"info_for", (PyCFunction)Hooks_info_for, METH_O, info_for_doc},
     {"task_counts", (PyCFunction)Hooks_task_counts, METH_NOARGS, task_counts_doc},
     {"marshal_spans", (PyCFunction)Hooks_marshal_spans, METH_O, marshal_spans_doc},
+    {"task_name_by_ref", (PyCFunction)(void (*)(void))Hooks_task_name_by_ref, METH_FASTCALL,
+     task_name_by_ref_doc},
     {NULL, NULL, 0, NULL},
 };
 

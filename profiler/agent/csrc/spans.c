@@ -254,19 +254,19 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
     /* Not one of ours (a creator kept by an agent we took over from): no parent. */
     Span *parent = at.parent != Py_None && is_span(h, at.parent) ? SPAN(at.parent) : NULL;
     int same_task = at.same_task && parent != NULL;
-    int64_t flags = 0, span_id = h->next_span_id++, task_id, thread;
+    int64_t flags = 0, span_id = h->next_span_id++, task_id, thread, unseen_id = 0;
     Lineage from = {.sampled = -1};
     PyObject *made = NULL;
     if (lineage(h, parent, span_id, code_id, code_flags, t, &from) < 0) {
         goto done;
     }
-    if (at.unseen != Py_None && from.sampled) { /* recorded: the task gets its TaskInfo */
-        PyObject *info = info_for(h, at.unseen);
+    if (at.unseen != Py_None && from.sampled) { /* recorded: the task gets an id */
+        PyObject *info = unseen_task_info(h, at.unseen, &unseen_id);
         if (info == NULL) {
             goto done;
         }
         Py_DECREF(at.info);
-        at.info = info;
+        at.info = info; /* its TaskInfo, or a weak reference to it */
     }
     if (same_task) {
         task_id = parent->f[TASK].i;
@@ -274,6 +274,12 @@ open_span(Hooks *h, PyObject *frame, PyObject *back, int64_t code_id, int code_f
         if (task_id == 0 && from.sampled && (task_id = running_task_id(h)) < 0) {
             goto done; /* a sampled split from an unsampled span of an unseen task */
         }
+    }
+    else if (unseen_id != 0) {
+        if (task_of(h, Py_None, &task_id, &thread, &flags) < 0) {
+            goto done;
+        }
+        task_id = unseen_id;
     }
     else if (task_of(h, at.info, &task_id, &thread, &flags) < 0) {
         goto done;
@@ -383,8 +389,10 @@ finish_sampled(Hooks *h, Span *span, int state, int64_t t, PyObject *exc)
     PyObject *info = span->f[TASK_INFO].o;
     if (info != Py_None) {
         Py_INCREF(info);
-        PyObject *name = info_name(h, info);
-        int failed = name == NULL || info_creator_task(h, info, &span->f[PARENT_TASK].i) < 0;
+        int named = PyWeakref_CheckRef(info); /* tasks.c: unseen_task_info */
+        PyObject *name = named ? named_task_name(h, info, span->f[TASK].i) : info_name(h, info);
+        int failed = name == NULL
+                     || (!named && info_creator_task(h, info, &span->f[PARENT_TASK].i) < 0);
         Py_DECREF(info);
         if (failed) {
             Py_XDECREF(name);
@@ -471,6 +479,14 @@ describe_awaited(Hooks *h, PyObject *value)
     }
     if (!is_task) {
         return PyType_GetQualName(Py_TYPE(value));
+    }
+    /* A default name, as get_name() would give it, without formatting it into the task:
+     * that costs ~2,600 instructions, and the task would lose its id by name (tasks.c). */
+    int64_t number = default_name_number(h, value);
+    if (number != 0) {
+        return number < 0 ? NULL
+                          : PyUnicode_FromFormat("%UTask-%lld", h->s_task_prefix,
+                                                 (long long)number);
     }
     PyObject *name = call_method_of(value, NAME(h, get_name), NULL, NULL);
     if (name == NULL) {

@@ -265,6 +265,44 @@ info_name(Hooks *h, PyObject *info)
     return name;
 }
 
+/* The N of a task's default name `Task-N` while the task still holds it: C's asyncio.Task
+ * keeps it as the int N until get_name() or set_name() puts a str there. 0 if not (another
+ * task class, a name given or formatted); -1 with an exception. Until the field is learnt
+ * (info_name), the first such task is asked for its name instead, which formats it. */
+AI_INTERNAL int64_t
+default_name_number(Hooks *h, PyObject *task)
+{
+    if ((PyObject *)Py_TYPE(task) != h->task_type || h->task_name_at < 0) {
+        return 0;
+    }
+    if (h->task_name_at == 0) {
+        PyObject *name = call_method_of(task, NAME(h, get_name), NULL, NULL);
+        if (name == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                return -1;
+            }
+            PyErr_Clear();
+            return 0;
+        }
+        if (PyUnicode_CheckExact(name)) {
+            learn_name_field(h, task, name);
+        }
+        Py_DECREF(name);
+        return 0;
+    }
+    PyObject *name;
+    memcpy(&name, (char *)task + h->task_name_at, sizeof name);
+    if (name == NULL || !PyLong_CheckExact(name)) {
+        return 0;
+    }
+    int overflow;
+    long long number = PyLong_AsLongLongAndOverflow(name, &overflow);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return overflow || number <= 0 || number > INT64_MAX / 2 ? 0 : number;
+}
+
 AI_INTERNAL int
 info_id(Hooks *h, PyObject *info, int64_t *out)
 {

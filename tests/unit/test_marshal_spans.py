@@ -5,6 +5,7 @@ to marshal."""
 from __future__ import annotations
 
 import marshal
+import subprocess
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from profiler.agent import spans as S
 from profiler.agent.codefilter import CodeFilter
 from profiler.agent.monitoring import claim_tool_id
 from profiler.agent.settings import AgentSettings
+from tests.conftest import INTERPRETERS
 
 COMPILED, WHY = accelerator.available()
 pytestmark = pytest.mark.skipif(not COMPILED, reason=f"no compiled callbacks: {WHY}")
@@ -77,6 +79,25 @@ def test_the_c_body_reads_back_as_the_wire_records(hooks: Any) -> None:
     for one in PLAIN:
         assert marshal.loads(hooks.marshal_spans([one])) == [S.to_wire(one)]
     assert marshal.loads(hooks.marshal_spans([])) == []
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13", "3.14"])
+def test_every_python_the_collector_runs_on_reads_the_body(hooks: Any, version: str) -> None:
+    # GIVEN a body of every type a record holds, its ints beyond 32 bits written as 8 bytes
+    # ('I', which marshal.loads reads but marshal.dumps no longer writes)
+    if version not in INTERPRETERS:
+        pytest.skip(f"no CPython {version} here (.ci/run installs 3.12, 3.13 and 3.14)")
+    PLAIN = plain()
+    body = hooks.marshal_spans(PLAIN)
+    assert b"I" + (2**45 + 2**30 + 7).to_bytes(8, "little") in body
+    # WHEN that Python's marshal reads it
+    read = subprocess.run(
+        [INTERPRETERS[version], "-c",
+         "import marshal, sys; print(repr(marshal.loads(sys.stdin.buffer.read())))"],
+        input=body, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    # THEN it reads the wire records
+    assert read.stdout.decode().strip() == repr([S.to_wire(s) for s in PLAIN])
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@
 #define M_FALSE 'F'
 #define M_TRUE 'T'
 #define M_INT 'i'
+#define M_INT64 'I' /* read by marshal.loads on every CPython we serve, no longer written */
 #define M_LONG 'l'
 #define M_BINARY_FLOAT 'g'
 #define M_STRING 's'
@@ -155,13 +156,14 @@ m_put_big_int(Out *out, PyObject *value)
     return result != 0 ? result : m_put_digits(out, digits, count, negative);
 }
 
-/* A 64-bit int as marshal writes it: 'i' if it fits 32 bits, else 'l' with 15-bit digits.
- * Written in place after one room check: a span holds ~14 of them, most beyond 32 bits
- * (ids, times), and byte by byte they were 40 % of the sender's marshalling. */
+/* A 64-bit int: 'i' if it fits 32 bits, else 'I', its 8 bytes as they are. marshal.dumps
+ * writes the latter as 'l' with 15-bit digits, but marshal.loads still reads 'I' (TYPE_INT64)
+ * on 3.12 to 3.14 (test_marshal_spans): a span holds ~14 such ints (ids, times), and their
+ * digits were a third of the sender's marshalling. Written in place after one room check. */
 static int
 m_put_i64(Out *out, int64_t number)
 {
-    if (m_grow(out, 5 + 2 * 5) < 0) { /* the longest: code, count, 5 digits of 15 bits */
+    if (m_grow(out, 9) < 0) {
         return -1;
     }
     char *at = out->data + out->len;
@@ -170,15 +172,10 @@ m_put_i64(Out *out, int64_t number)
         out->len += 5;
         return 0;
     }
-    uint64_t magnitude = number < 0 ? 0 - (uint64_t)number : (uint64_t)number;
-    int32_t count = 0;
-    for (char *digit = at + 5; magnitude; digit += 2, count++) {
-        digit[0] = (char)(magnitude & 0xFF);
-        digit[1] = (char)((magnitude >> 8) & ((1u << (M_LONG_SHIFT - 8)) - 1));
-        magnitude >>= M_LONG_SHIFT;
-    }
-    m_store_i32(at, M_LONG, number < 0 ? -count : count);
-    out->len += 5 + 2 * (size_t)count;
+    uint64_t raw = (uint64_t)number;
+    at[0] = M_INT64;
+    memcpy(at + 1, &raw, 8);
+    out->len += 9;
     return 0;
 }
 

@@ -129,7 +129,8 @@ def test_tasks_keep_their_names_and_spans_carry_them(
         seen = json.loads(result.stdout)
         assert seen[3:6] == ["given", "renamed", seen[5]]
         assert seen[5].startswith("own-Task-")
-        assert all(name.startswith("Task-") for name in seen[:3] + seen[6:]), seen
+        assert all(name.startswith("Task-") for name in seen[:3] + seen[6:8]), seen
+        assert seen[8] == "renamed-unseen"
         # AND each task's span carries that name
         names = set(seen)
         spans = receiver.wait_for(

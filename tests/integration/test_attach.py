@@ -308,7 +308,9 @@ def _unix_sockets(pid: int) -> int:
 def test_ctrl_c_while_the_agent_starts_waits_for_it_then_detaches(
     version: str, targets: list[Target]
 ) -> None:
-    # GIVEN a target whose agent takes a while to start: 20,000 pending tasks to adopt
+    # GIVEN a target whose agent takes a while to start: 60,000 pending tasks to adopt, ~0.5 s
+    # (20,000 left ~0.2 s, which a Ctrl-C held back until gdb has left could miss on a busy
+    # machine: the session then detached as after `attached`, without saying it waited)
     target = Target(INTERPRETERS[version], "crowd")
     targets.append(target)
     before, sockets = target.probe(), _unix_sockets(target.pid)

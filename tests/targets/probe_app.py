@@ -1,5 +1,5 @@
 """Target for attach tests. Modes: busy, idle, thread (loop in a worker thread, main thread in
-join()), multi (two loops in two threads), crowd (idle, with 20,000 pending tasks for an agent
+join()), multi (two loops in two threads), crowd (idle, with 60,000 pending tasks for an agent
 to adopt as it starts). Prints `ready <port>` once serving.
 
 A line sent to the port is answered by the loop that owns it: `probe` returns JSON describing
@@ -72,7 +72,7 @@ async def parked(quit):
 
 async def serve(ports, busy, announce=False):
     quit = QUIT[asyncio.get_running_loop()] = asyncio.Event()
-    crowd = [asyncio.ensure_future(parked(quit)) for _ in range(20_000 if MODE == "crowd" else 0)]
+    crowd = [asyncio.ensure_future(parked(quit)) for _ in range(60_000 if MODE == "crowd" else 0)]
     server = await asyncio.start_server(serve_client, "127.0.0.1", 0)
     ports.append(server.sockets[0].getsockname()[1])
     if announce:

@@ -27,18 +27,25 @@ pytestmark = pytest.mark.usefixtures("tool_ids_are_freed")
 
 
 LIBRARY_CALLER = """
+import asyncio
+
 async def call_twice(first, second):
     return [await first(), await second()]
+
+async def call_twice_logging(first, second):
+    done = await first()
+    asyncio.current_task().get_name()  # as logging does for each record (LogRecord.taskName)
+    return [done, await second()]
 """
 
 
-def library_call_twice() -> Any:
+def library_call_twice(name: str = "call_twice") -> Any:
     """An `async def` the code filter takes for the standard library's, as the coroutine of
     aiohttp's request tasks is library code: it awaits two of ours, one after the other."""
     path = os.path.join(sysconfig.get_paths()["stdlib"], "async_inspect_test_library.py")
     namespace: dict[str, Any] = {}
     exec(compile(LIBRARY_CALLER, path, "exec"), namespace)
-    return namespace["call_twice"]
+    return namespace[name]
 
 
 async def quick() -> int:
@@ -78,9 +85,11 @@ def test_unseen_tasks_carry_the_names_the_app_sees_under_one_id_each(
 ) -> None:
     # GIVEN unseen tasks each running library code that awaits two of ours, one after the
     # other: one keeps its default name; one renames itself in its first span; one was asked
-    # its name (get_name formats it) before it ran; one was named at creation
+    # its name (get_name formats it) before it ran, one between its spans; one was named at
+    # creation
     tracker = new_tracker(AgentSettings(), claim_tool_id("async-inspect-test"))
     call_twice = library_call_twice()
+    call_twice_logging = library_call_twice("call_twice_logging")
     tasks: dict[str, asyncio.Task[Any]] = {}
 
     async def main() -> None:
@@ -89,6 +98,7 @@ def test_unseen_tasks_carry_the_names_the_app_sees_under_one_id_each(
         tasks["renamed"] = asyncio.Task(call_twice(renames_itself, quick), loop=loop)
         tasks["asked"] = asyncio.Task(call_twice(quick, quick), loop=loop)
         tasks["asked"].get_name()
+        tasks["logging"] = asyncio.Task(call_twice_logging(quick, quick), loop=loop)
         tasks["given"] = asyncio.Task(call_twice(quick, quick), loop=loop, name="given")
         for _ in range(2):  # a task awaited by a span: its `blocked` event names it
             await asyncio.Task(call_twice(quick, quick), loop=loop)
@@ -105,10 +115,11 @@ def test_unseen_tasks_carry_the_names_the_app_sees_under_one_id_each(
     ids = {key: by_name.pop(task.get_name()) for key, task in tasks.items()}
     assert all(len(one) == 1 for one in ids.values()), ids
     assert len(by_name) == 2 and all(len(one) == 1 for one in by_name.values())
-    assert len({span[wire.SPAN_TASK] for span in spans}) == 6
+    assert len({span[wire.SPAN_TASK] for span in spans}) == 7
     assert 0 not in {span[wire.SPAN_TASK] for span in spans}
     if isinstance(tracker, AcceleratedTracker):  # known by its Task-N alone (tasks.c)
-        assert ids["plain"] == {2 * int(tasks["plain"].get_name().removeprefix("Task-"))}
+        for key in ("plain", "asked", "logging"):
+            assert ids[key] == {2 * int(tasks[key].get_name().removeprefix("Task-"))}, key
     assert traced.events(traced.one("main")).count("blocked") >= 2
     waits_for = [detail for detail in traced.one("main")[wire.SPAN_EVENTS][2::3] if detail]
     assert sum(detail.startswith("task Task-") for detail in waits_for) == 2, waits_for

@@ -265,10 +265,45 @@ info_name(Hooks *h, PyObject *info)
     return name;
 }
 
-/* The N of a task's default name `Task-N` while the task still holds it: C's asyncio.Task
- * keeps it as the int N until get_name() or set_name() puts a str there. 0 if not (another
- * task class, a name given or formatted); -1 with an exception. Until the field is learnt
- * (info_name), the first such task is asked for its name instead, which formats it. */
+/* N if `name` is a default task name: the int N that C's asyncio.Task keeps, or the str
+ * `Task-N` its first get_name() makes of it (logging asks every record's task for its name);
+ * else 0. */
+AI_INTERNAL int64_t
+name_number(PyObject *name)
+{
+    int64_t number = 0;
+    if (PyLong_CheckExact(name)) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(name, &overflow);
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        number = overflow || value <= 0 ? 0 : value;
+    }
+    else if (PyUnicode_CheckExact(name)) {
+        Py_ssize_t length = PyUnicode_GetLength(name);
+        if (length < 6 || length > 5 + 18 || PyUnicode_ReadChar(name, 0) != 'T') {
+            return 0;
+        }
+        const char *text = PyUnicode_AsUTF8AndSize(name, &length); /* ASCII: its own data */
+        if (text == NULL || length < 6 || memcmp(text, "Task-", 5) != 0 || text[5] == '0') {
+            PyErr_Clear();
+            return 0;
+        }
+        for (Py_ssize_t i = 5; i < length; i++) {
+            if (text[i] < '0' || text[i] > '9') {
+                return 0;
+            }
+            number = number * 10 + (text[i] - '0');
+        }
+    }
+    return number <= INT64_MAX / 2 ? number : 0;
+}
+
+/* The N of a task's default name `Task-N` while the task has it (name_number). 0 if not
+ * (another task class, a name given); -1 with an exception. Until the field is learnt
+ * (info_name), the first such task is asked for its name. */
 AI_INTERNAL int64_t
 default_name_number(Hooks *h, PyObject *task)
 {
@@ -288,19 +323,13 @@ default_name_number(Hooks *h, PyObject *task)
             learn_name_field(h, task, name);
         }
         Py_DECREF(name);
-        return 0;
+        if (h->task_name_at <= 0) {
+            return 0;
+        }
     }
     PyObject *name;
     memcpy(&name, (char *)task + h->task_name_at, sizeof name);
-    if (name == NULL || !PyLong_CheckExact(name)) {
-        return 0;
-    }
-    int overflow;
-    long long number = PyLong_AsLongLongAndOverflow(name, &overflow);
-    if (number == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return overflow || number <= 0 || number > INT64_MAX / 2 ? 0 : number;
+    return name != NULL ? name_number(name) : 0;
 }
 
 AI_INTERNAL int

@@ -171,8 +171,8 @@ info_for(Hooks *h, PyObject *task)
     return info;
 }
 
-/* 2N for a task the factory did not see that has no TaskInfo and keeps its default name
- * `Task-N`; else 0. -1 with an exception. */
+/* 2N for a task the factory did not see that has no TaskInfo and has its default name
+ * `Task-N` (as the int N, or formatted); else 0. -1 with an exception. */
 static int64_t
 named_task_id(Hooks *h, PyObject *task)
 {
@@ -184,7 +184,7 @@ named_task_id(Hooks *h, PyObject *task)
 }
 
 /* What a recorded span of a task the factory did not see keeps as its TASK_INFO (a new
- * reference), and the task's id. While the task keeps its default name `Task-N` and has no
+ * reference), and the task's id. While the task has its default name `Task-N` and no
  * TaskInfo: a weak reference to it, with no callback, and the id 2N. Nothing is then kept
  * per task, nor forgotten when it goes: a server like aiohttp makes one such task per
  * request, and its TaskInfo, weak reference callback and entry cost ~1,700 instructions
@@ -216,7 +216,8 @@ unseen_task_info(Hooks *h, PyObject *task, int64_t *task_id)
 
 /* The task name for finish_sampled of a span whose TASK_INFO is a weak reference to its
  * task (unseen_task_info): where the task keeps it, read now, or N once the task is gone.
- * A task renamed since gets a TaskInfo under the same id, for its next spans to find. */
+ * A task renamed since gets a TaskInfo under the same id, for its next spans to find (one
+ * renamed between two of its spans, by code we do not trace, gets a new id instead). */
 AI_INTERNAL PyObject *
 named_task_name(Hooks *h, PyObject *ref, int64_t task_id)
 {
@@ -232,7 +233,7 @@ named_task_name(Hooks *h, PyObject *ref, int64_t task_id)
         }
         Py_XINCREF(name);
     }
-    if (name != NULL && PyUnicode_CheckExact(name) && map_get(h->task_infos, task) == NULL) {
+    if (name != NULL && 2 * name_number(name) != task_id && map_get(h->task_infos, task) == NULL) {
         PyObject *info = new_task_info((PyTypeObject *)h->info_type, task_id, Py_None, 0);
         if (info == NULL || task_bound(h, info, task, Py_None) < 0) {
             Py_CLEAR(name);

@@ -357,6 +357,7 @@ AI_INTERNAL PyObject *new_task_info(PyTypeObject *type, int64_t task_id, PyObjec
 AI_INTERNAL int discard_key(PyObject *dict, PyObject *key, PyObject *value);
 AI_INTERNAL PyObject *info_name(Hooks *h, PyObject *info);
 AI_INTERNAL int info_id(Hooks *h, PyObject *info, int64_t *out);
+AI_INTERNAL PyObject *name_field(Hooks *h, PyObject *task);
 AI_INTERNAL int64_t name_number(PyObject *name);
 AI_INTERNAL int64_t default_name_number(Hooks *h, PyObject *task);
 AI_INTERNAL int info_creator_task(Hooks *h, PyObject *info, int64_t *out);

@@ -234,6 +234,19 @@ learn_name_field(Hooks *h, PyObject *task, PyObject *name)
     h->task_name_at = found;
 }
 
+/* The name a live `task` keeps where it was learnt to be (borrowed): the int N of a default
+ * name or a str, for a task of the exact asyncio.Task type; else NULL. */
+AI_INTERNAL PyObject *
+name_field(Hooks *h, PyObject *task)
+{
+    if (h->task_name_at <= 0 || (PyObject *)Py_TYPE(task) != h->task_type) {
+        return NULL;
+    }
+    PyObject *name;
+    memcpy(&name, (char *)task + h->task_name_at, sizeof name);
+    return name != NULL && (PyLong_CheckExact(name) || PyUnicode_CheckExact(name)) ? name : NULL;
+}
+
 /* info.name() for any TaskInfo (a spans.TaskInfo may come from an agent we took over).
  *
  * C's asyncio.Task keeps a default name as the int N until the first get_name() formats
@@ -249,14 +262,11 @@ info_name(Hooks *h, PyObject *info)
     }
     TaskInfo *task_info = (TaskInfo *)info;
     PyObject *task = task_info->task; /* alive while set: its weak reference clears it */
-    if (h->task_name_at > 0 && task != NULL && (PyObject *)Py_TYPE(task) == h->task_type) {
-        PyObject *name;
-        memcpy(&name, (char *)task + h->task_name_at, sizeof name);
-        if (name != NULL && (PyLong_CheckExact(name) || PyUnicode_CheckExact(name))) {
-            return Py_NewRef(name);
-        }
+    PyObject *name = task != NULL ? name_field(h, task) : NULL;
+    if (name != NULL) {
+        return Py_NewRef(name);
     }
-    PyObject *name = task_name(task_info->ref, NAME(h, get_name));
+    name = task_name(task_info->ref, NAME(h, get_name));
     task = task_info->task;
     if (h->task_name_at == 0 && name != NULL && PyUnicode_CheckExact(name) && task != NULL
         && (PyObject *)Py_TYPE(task) == h->task_type) {
@@ -323,12 +333,8 @@ default_name_number(Hooks *h, PyObject *task)
             learn_name_field(h, task, name);
         }
         Py_DECREF(name);
-        if (h->task_name_at <= 0) {
-            return 0;
-        }
     }
-    PyObject *name;
-    memcpy(&name, (char *)task + h->task_name_at, sizeof name);
+    PyObject *name = name_field(h, task);
     return name != NULL ? name_number(name) : 0;
 }
 

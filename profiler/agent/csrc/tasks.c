@@ -225,14 +225,7 @@ named_task_name(Hooks *h, PyObject *ref, int64_t task_id)
     if (task == NULL) {
         return NULL;
     }
-    PyObject *name = NULL;
-    if (task != Py_None && (PyObject *)Py_TYPE(task) == h->task_type && h->task_name_at > 0) {
-        memcpy(&name, (char *)task + h->task_name_at, sizeof name);
-        if (name != NULL && !PyLong_CheckExact(name) && !PyUnicode_CheckExact(name)) {
-            name = NULL;
-        }
-        Py_XINCREF(name);
-    }
+    PyObject *name = task != Py_None ? Py_XNewRef(name_field(h, task)) : NULL;
     if (name != NULL && 2 * name_number(name) != task_id && map_get(h->task_infos, task) == NULL) {
         PyObject *info = new_task_info((PyTypeObject *)h->info_type, task_id, Py_None, 0);
         if (info == NULL || task_bound(h, info, task, Py_None) < 0) {

@@ -122,7 +122,7 @@ class AcceleratedTracker(Tracker):
     each thread, and the span meters as deltas that `metrics` merges into `meters`. Its
     TaskInfo (`_accel.TaskInfo`) has the attributes and `name()` of spans.TaskInfo; the C
     gives one to every task, and its weak reference callback forgets the task, but to a
-    task the factory did not see while it keeps its default name `Task-N`: its spans keep a
+    task the factory did not see while it has its default name `Task-N`: its spans keep a
     weak reference to it instead, and its id is 2N (tasks.c: unseen_task_info).
     """
 

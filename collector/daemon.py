@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from profiler.agent.settings import AgentSettings
 from profiler.attach.injector import bootstrap_code, inject_bootstrap
 from profiler.attach.process import check_ptrace
 from profiler.attach.rendezvous import Rendezvous, prepare_rendezvous
@@ -77,6 +78,8 @@ class Tracked:
     agent_error: str | None = None
     rendezvous: Rendezvous | None = None
     listener: asyncio.AbstractServer | None = None
+    agent_settings: AgentSettings | None = None  # its [[select]] table's; None: the daemon's
+    overrides: dict[str, Any] = field(default_factory=dict)  # that table's, as written
 
     def set_status(self, status: str, reason: str) -> None:
         """Change status (and the time it changed) only if it differs."""
@@ -104,7 +107,7 @@ class NodeDaemon:
         self.token = secrets.token_hex(16)
         self.hub = SessionHub(
             self.sinks,
-            agent_settings_from(settings, orphan_timeout=daemon.orphan_timeout),
+            self._agent_settings(settings),
             # One daemon serves many services: no global service name, each process's own.
             ResourceSettings(None, settings.service_version, dict(settings.resource_attributes)),
             self.token,
@@ -112,6 +115,7 @@ class NodeDaemon:
             self.metrics,
             names=SpanNames(settings.max_span_names),
             resource_for=self._resource_for,
+            settings_for=self._settings_for,
         )
         self.tracked: dict[tuple[int, float], Tracked] = {}
         self.http = HttpServer(build_registry(self.metrics, settings.metrics_naming), self.problems)
@@ -162,7 +166,7 @@ class NodeDaemon:
         if facts.target is None:
             tracked.set_status("unsupported", facts.problem)
             return
-        selected, reason = self.selection.decide(facts, tracked.pod, tracked.service)
+        selected, reason, table = self.selection.decide(facts, tracked.pod, tracked.service)
         if not selected:
             tracked.set_status("not selected", reason)
             return
@@ -174,6 +178,10 @@ class NodeDaemon:
         if now < tracked.next_attempt:
             return
         tracked.set_status("attaching", reason)
+        # Sent to the agent as it boots: it keeps them until it is attached again.
+        own = table.settings if table is not None else None
+        tracked.agent_settings = self._agent_settings(own) if own is not None else None
+        tracked.overrides = dict(table.overrides) if table is not None else {}
         task = asyncio.create_task(self._attach(tracked))
         self._attaching.add(task)
         task.add_done_callback(self._attaching.discard)
@@ -277,6 +285,16 @@ class NodeDaemon:
                 return tracked
         return None
 
+    def _agent_settings(self, settings: Settings) -> AgentSettings:
+        return agent_settings_from(settings, orphan_timeout=self.daemon.orphan_timeout)
+
+    def _settings_for(self, pid: int) -> AgentSettings:
+        """What the agent booting in `pid` is told to do: its table's settings, if any."""
+        tracked = self._by_pid(pid)
+        if tracked is None or tracked.agent_settings is None:
+            return self.hub.agent_settings
+        return tracked.agent_settings
+
     def _resource_for(self, pid: int) -> dict[str, str]:
         tracked = self._by_pid(pid)
         if tracked is None:
@@ -334,6 +352,7 @@ class NodeDaemon:
             "attached_at": tracked.attached_at,
             "attempts": tracked.attempts,
             "last_error": tracked.last_error,
+            "settings": tracked.overrides,
         }
         if tracked.pod is not None:
             described["pod"] = {"name": tracked.pod.name, "namespace": tracked.pod.namespace,

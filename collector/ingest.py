@@ -62,8 +62,10 @@ class SessionHub:
         rules: RuleBook | None = None,
         names: SpanNames | None = None,
         resource_for: Callable[[int], dict[str, str]] | None = None,
+        settings_for: Callable[[int], AgentSettings] | None = None,
     ) -> None:
         self.resource_for = resource_for  # extra resource attributes per PID (node daemon)
+        self.settings_for = settings_for  # the agent's settings per PID (node daemon)
         self.sinks = sinks
         self.rules = rules if rules is not None else RuleBook([])
         self.names = names if names is not None else SpanNames(1000)
@@ -207,7 +209,8 @@ class AgentConnection:
             if not hub.token_ok(body.get("token")):
                 self.send(wire.STOP, {"reason": "bad token"})
                 raise wire.WireError("a process presented a wrong session token")
-            self.send(wire.PAYLOAD, payload(hub.agent_settings))
+            own = hub.settings_for(self.pid) if hub.settings_for is not None else None
+            self.send(wire.PAYLOAD, payload(own or hub.agent_settings))
             hub.notify(Notice("booting", self.pid, f"Python {body.get('python')} connected"))
         elif kind == wire.HELLO:
             if not hub.token_ok(body.get("token")):

@@ -9,20 +9,25 @@ With no `[[select]]` at all, exactly the processes whose environment has
     env        NAME or NAME=value in its environment  service     glob over its service name
     namespace  Kubernetes namespace glob              container   Kubernetes container glob
     label      pod label k=v (v may be a glob)        annotation  pod annotation k=v
+
+A `[[select]]` table may also set what the agent does in the processes it selects:
+`settings = { sampler = "traceidratio", sampler_arg = 0.01, burst = 0.05 }` (the keys of
+settings.PER_PROCESS), over the daemon's own settings. The first matching table's apply.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from profiler.errors import ConfigError
 
 from .discovery import ProcessFacts
 from .kubernetes import PodInfo
+from .settings import Settings, overridden
 
-__all__ = ["DEFAULT_OPT_IN", "Selection", "Selector"]
+__all__ = ["DEFAULT_OPT_IN", "Decision", "Selection", "Selector"]
 
 DEFAULT_OPT_IN = "ASYNC_INSPECT_ENABLE=1"
 _KEYS = ("command", "executable", "env", "service", "namespace", "container", "label",
@@ -41,6 +46,10 @@ class Selector:
     container: str | None = None
     label: str | None = None
     annotation: str | None = None
+    settings: Settings | None = None
+    """The daemon's settings with this table's `settings = {...}` over them (None: none)."""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    """That table as written, for what the daemon shows."""
 
     def matches(self, facts: ProcessFacts, pod: PodInfo | None, service: str) -> bool:
         """True if every key of this table matches the process."""
@@ -64,7 +73,10 @@ class Selector:
 
     def describe(self) -> str:
         """The table as `key=value, ...`, for reasons shown to users."""
-        return ", ".join(f"{key}={getattr(self, key)}" for key in _KEYS if getattr(self, key))
+        keys = ", ".join(f"{key}={getattr(self, key)}" for key in _KEYS if getattr(self, key))
+        if not self.overrides:
+            return keys
+        return f"{keys}; {', '.join(f'{key}={value}' for key, value in self.overrides)}"
 
 
 def _exe_matches(facts: ProcessFacts, wanted: str) -> bool:
@@ -83,6 +95,14 @@ def _pair_matches(pairs: dict[str, str], wanted: str) -> bool:
     return key in pairs and (not sep or fnmatch.fnmatchcase(pairs[key], value))
 
 
+class Decision(NamedTuple):
+    """Whether a process is selected, why in a few words, and by which table."""
+
+    selected: bool
+    reason: str
+    table: Selector | None = None
+
+
 @dataclass(frozen=True)
 class Selection:
     """The select and exclude tables; `decide` says whether and why."""
@@ -96,24 +116,30 @@ class Selection:
         return cls((Selector(env=DEFAULT_OPT_IN),))
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], source: str) -> Selection:
-        """From a config file's tables. ConfigError names an unknown key or bad value."""
-        select = _tables(config.get("select", []), "select", source)
+    def from_config(
+        cls, config: dict[str, Any], source: str, settings: Settings | None = None
+    ) -> Selection:
+        """From a config file's tables; a select table's `settings` go over `settings` (the
+        daemon's). ConfigError names an unknown key or bad value."""
+        base = settings if settings is not None else Settings()
+        select = _tables(config.get("select", []), "select", source, base)
         exclude = _tables(config.get("exclude_processes", []), "exclude_processes", source)
         return cls(select or cls.default().select, exclude)
 
-    def decide(self, facts: ProcessFacts, pod: PodInfo | None, service: str) -> tuple[bool, str]:
-        """(selected?, the reason in a few words)."""
+    def decide(self, facts: ProcessFacts, pod: PodInfo | None, service: str) -> Decision:
+        """Whether, why, and by which `[[select]]` table."""
         for table in self.exclude:
             if table.matches(facts, pod, service):
-                return False, f"excluded by [{table.describe()}]"
+                return Decision(False, f"excluded by [{table.describe()}]")
         for table in self.select:
             if table.matches(facts, pod, service):
-                return True, f"selected by [{table.describe()}]"
-        return False, "matches no [[select]] rule"
+                return Decision(True, f"selected by [{table.describe()}]", table)
+        return Decision(False, "matches no [[select]] rule")
 
 
-def _tables(raw: object, name: str, source: str) -> tuple[Selector, ...]:
+def _tables(
+    raw: object, name: str, source: str, settings: Settings | None = None
+) -> tuple[Selector, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"{source}: '{name}' must be an array of tables ([[{name}]])")
     tables = []
@@ -121,14 +147,23 @@ def _tables(raw: object, name: str, source: str) -> tuple[Selector, ...]:
         where = f"{source}: {name}[{index}]"
         if not isinstance(table, dict) or not table:
             raise ConfigError(f"{where} must be a non-empty table")
+        table = dict(table)
+        own = table.pop("settings", None) if settings is not None else None
         unknown = set(table) - set(_KEYS)
         if unknown:
+            takes = f"{', '.join(_KEYS)}{', settings' if settings is not None else ''}"
             raise ConfigError(
                 f"{where} has unknown selector key(s) {', '.join(sorted(unknown))}",
-                f"a selector takes {', '.join(_KEYS)}",
+                f"a selector takes {takes}",
             )
+        if not table:
+            raise ConfigError(f"{where} must match on at least one of {', '.join(_KEYS)}")
         for key, value in table.items():
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}.{key} must be a non-empty string")
-        tables.append(Selector(**table))
+        if own is None or settings is None:
+            tables.append(Selector(**table))
+            continue
+        applied = overridden(settings, own, f"{where}.settings")
+        tables.append(Selector(**table, settings=applied, overrides=tuple(own.items())))
     return tuple(tables)

@@ -8,7 +8,7 @@ A bad value from any source is a ConfigError that names the setting and where it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -17,7 +17,7 @@ from profiler.errors import ConfigError
 
 from .config_file import DAEMON_SECTIONS, parse_rules
 
-__all__ = ["OPTIONS", "Option", "Settings", "resolve"]
+__all__ = ["OPTIONS", "PER_PROCESS", "Option", "Settings", "overridden", "resolve"]
 
 
 def _endpoint(text: str) -> str:
@@ -281,6 +281,36 @@ def resolve(
             values["warnings"] = tuple(warnings)
         values["config_file"] = file_name
     return Settings(**values)
+
+
+PER_PROCESS = ("sampler", "sampler_arg", "burst", "include", "exclude", "max_events",
+               "split_after", "max_attribute_values")  # fmt: skip
+"""What the agent in one process does: a node daemon's `[[select]]` table may set these for
+the processes it selects (`settings = {...}`). Everything else is the daemon's own."""
+
+
+def overridden(settings: Settings, table: object, source: str) -> Settings:
+    """`settings` with a `[[select]]` table's `settings = {...}` over it, validated as a
+    whole (bursts need a sampling ratio; `burst = false` turns the daemon's bursts off).
+    ConfigError names the table's key at fault."""
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{source} must be a non-empty table of settings")
+    unknown = set(table) - set(PER_PROCESS)
+    if unknown:
+        raise ConfigError(
+            f"{source} has setting(s) that are not per process: {', '.join(sorted(unknown))}",
+            f"a [[select]] table may set {', '.join(PER_PROCESS)}",
+        )
+    by_key = {option.key: option for option in OPTIONS}
+    values: dict[str, Any] = {
+        # `burst = false`: record all the time, where the daemon records in bursts.
+        key: None if key == "burst" and raw is False else _from_file(by_key[key], raw, source)
+        for key, raw in table.items()
+    }
+    try:
+        return replace(settings, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}", exc.hint) from None
 
 
 def _from_file(option: Option, raw: object, file_name: str) -> Any:

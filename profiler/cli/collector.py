@@ -58,7 +58,7 @@ def collector(
         logging.getLogger("async_inspect").warning("%s", warning)
     daemon = _daemon_settings(file.get("collector", {}), source, interval, max_processes,
                               node_name)  # fmt: skip
-    selection = Selection.from_config(file, source) if file else Selection.default()
+    selection = Selection.from_config(file, source, settings) if file else Selection.default()
     port = settings.metrics_port if settings.metrics_port is not None else 9464
     node = NodeDaemon(settings, daemon, selection, KubeApi.discover())
     return asyncio.run(_serve(node, port, settings.metrics_address))

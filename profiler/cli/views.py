@@ -62,6 +62,8 @@ def ps(api: str, show_all: bool) -> int:
     click.echo(f"{'PID':>7}  {'STATUS':<12} {'SINCE':>7}  {'PYTHON':<7} {'SERVICE':<20} DETAIL")
     for process in processes:
         detail = process.get("last_error") or process.get("reason") or process.get("command", "")
+        if own := process.get("settings"):  # a node daemon's [[select]] table set them
+            detail = f"[{', '.join(f'{k}={v}' for k, v in own.items())}] {detail}"
         click.echo(
             f"{process['pid']:>7}  {process.get('status', '?'):<12} "
             f"{_age(process.get('since')):>7}  {process.get('python') or '-':<7} "

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CLI, INTERPRETERS, TARGETS, outside_tmp
 from tests.otlp_receiver import OtlpReceiver
@@ -368,6 +369,72 @@ namespace = "kube-system"
         stop_api()
 
 
+def test_each_select_table_tells_its_agents_what_to_do(
+    containers: Callable[..., Container],
+    daemons: list[Daemon],
+    receiver: OtlpReceiver,
+    tmp_path: Path,
+) -> None:
+    # GIVEN a daemon recording everything, but one service in bursts 25 % of the time
+    bursty = containers(OTEL_SERVICE_NAME="svc-bursty")
+    full = containers(INTERPRETERS[max(INTERPRETERS)], OTEL_SERVICE_NAME="svc-full")
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+endpoint = "{receiver.endpoint}"
+[[select]]
+service = "svc-bursty"
+settings = {{ sampler = "traceidratio", sampler_arg = 0.25, burst = 0.2 }}
+[[select]]
+service = "svc-full"
+""")
+    daemon = Daemon("--config", str(config))
+    daemons.append(daemon)
+    # WHEN both are attached
+    seen = daemon.wait(
+        lambda p: all(p.get(c.pid, {}).get("status") == "attached" for c in (bursty, full))
+    )
+    # THEN each agent got its table's settings, as the API shows
+    assert seen[bursty.pid]["settings"] == {
+        "sampler": "traceidratio",
+        "sampler_arg": 0.25,
+        "burst": 0.2,
+    }
+    assert seen[full.pid]["settings"] == {}
+    ps = subprocess.run([*CLI, "ps", "--api", f"http://127.0.0.1:{daemon.port}"],
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    rows = {line.split()[0]: line for line in ps.stdout.splitlines()[1:]}
+    assert "[sampler=traceidratio, sampler_arg=0.25, burst=0.2] via " in rows[str(bursty.pid)]
+    assert "attached" in rows[str(full.pid)] and "[" not in rows[str(full.pid)]
+    # AND the agents report doing so: one records a quarter of the time, the other always
+    shares = _wait_for_shares(daemon, {"svc-bursty", "svc-full"})
+    assert shares == {"svc-bursty": 0.25, "svc-full": 1.0}
+    assert full.send("request") == "ok"
+    receiver.wait_for(
+        lambda s: any(x.resource["service.name"] == "svc-full" and x.name == "handle_request"
+                      for x in s)
+    )  # fmt: skip
+    assert daemon.stop() == 0
+
+
+def _wait_for_shares(daemon: Daemon, services: set[str]) -> dict[str, float]:
+    """async_inspect_recorded_share by service, once every one in `services` reported."""
+    deadline = time.monotonic() + 20
+    shares: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        status, text = daemon.get("/metrics")
+        if status == 200:
+            shares = {
+                sample.labels["service_name"]: sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "async_inspect_recorded_share"
+                for sample in family.samples
+            }
+            if services <= set(shares):
+                return shares
+        time.sleep(0.3)
+    raise AssertionError(f"no share for {services - set(shares)}:\n{daemon.output()}")
+
+
 def test_an_unreachable_kubernetes_api_is_reported_and_the_daemon_keeps_serving(
     containers: Callable[..., Container], daemons: list[Daemon]
 ) -> None:
@@ -390,6 +457,10 @@ def test_an_unreachable_kubernetes_api_is_reported_and_the_daemon_keeps_serving(
         ("[[select]]\nnamespaces = 'x'", "select[0] has unknown selector key(s) namespaces"),
         ("[collector]\nintervall = 3", "[collector] has unknown key(s) intervall"),
         ("[[select]]\nenv = 3", "select[0].env must be a non-empty string"),
+        (
+            "[[select]]\nenv = 'A=1'\nsettings = { endpoint = 'http://x:4317' }",
+            "select[0].settings has setting(s) that are not per process: endpoint",
+        ),
     ],
 )
 def test_bad_config_is_one_line(tmp_path: Path, content: str, expected: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from collector.selection import Selection
 from collector.settings import OPTIONS, resolve
 from profiler.cli.collector import _DAEMON_KEYS
 from tests.conftest import ROOT
@@ -44,8 +45,6 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Settings the chart sets itself (metrics.port) or keeps out of a ConfigMap (headers: secrets).
 CHART_OWNED_SETTINGS = {"headers", "metrics_port", "metrics_address"}
-SELECTION_KEYS = {"annotation", "label", "namespace", "container", "env", "command", "executable",
-                  "service"}  # fmt: skip
 # What the daemon reads from [collector] (node_name comes from the downward API instead).
 COLLECTOR_KEYS = _DAEMON_KEYS - {"node_name"}
 
@@ -390,9 +389,10 @@ def test_config_file_is_read_by_the_daemons_own_loader(ci_values: dict[str, Any]
     # THEN it accepts every span setting and rule; the daemon's own tables hold known keys only
     assert settings.config_file == "config.toml"
     assert set(config["collector"]) <= COLLECTOR_KEYS
-    for table in config.get("select", []) + config.get("exclude_processes", []):
-        assert table and set(table) <= SELECTION_KEYS
-    assert config["select"], "a config with no [[select]] would attach to nothing"
+    selection = Selection.from_config(config, "config.toml", settings)
+    assert len(selection.select) == len(config["select"]), "no [[select]]: nothing attached"
+    for table, raw in zip(selection.select, config["select"], strict=True):
+        assert (table.settings is not None) == ("settings" in raw)
 
 
 def test_config_toml_keeps_every_value_as_given() -> None:
@@ -435,6 +435,8 @@ def test_schema_refuses_mistakes() -> None:
     # GIVEN values with a typo, a wrong type, or an OTLP header (a secret) in the ConfigMap
     mistakes = [
         {"config": {"select": [{"namespce": "shop"}]}},
+        {"config": {"select": [{"settings": {"burst": 0.1}}]}},  # selects nothing
+        {"config": {"select": [{"namespace": "shop", "settings": {"endpoint": "x:4317"}}]}},
         {"metrics": {"port": "9464"}},
         {"serviceMonitor": {"enable": True}},
         {"config": {"settings": {"headers": {"x-api-key": "secret"}}}},

@@ -110,7 +110,16 @@ One [[select]] / [[exclude_processes]] item in words, for NOTES.txt: `namespace 
 {{- define "async-inspect.describeSelection" -}}
 {{- $parts := list }}
 {{- range $key, $value := . }}
+{{- if ne $key "settings" }}
 {{- $parts = append $parts (printf "%s %v" $key $value) }}
+{{- end }}
+{{- end }}
+{{- with .settings }}
+{{- $own := list }}
+{{- range $key, $value := . }}
+{{- $own = append $own (printf "%s=%v" $key $value) }}
+{{- end }}
+{{- $parts = append $parts (printf "with %s" (join ", " $own)) }}
 {{- end }}
 {{- join ", " $parts }}
 {{- end }}

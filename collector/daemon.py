@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiler.agent.settings import AgentSettings
+from profiler.agent.rules import RuleBook
 from profiler.attach.injector import bootstrap_code, inject_bootstrap
 from profiler.attach.process import check_ptrace
 from profiler.attach.rendezvous import Rendezvous, prepare_rendezvous
@@ -33,7 +33,7 @@ from .api import add_api_routes
 from .discovery import ProcessFacts, Scanner
 from .exposition import build_registry
 from .http import HttpServer
-from .ingest import Notice, SessionHub
+from .ingest import Notice, ProcessSetup, SessionHub
 from .kubernetes import KubeApi, PodDirectory, PodInfo
 from .metrics import MetricsStore
 from .selection import Selection
@@ -78,7 +78,7 @@ class Tracked:
     agent_error: str | None = None
     rendezvous: Rendezvous | None = None
     listener: asyncio.AbstractServer | None = None
-    agent_settings: AgentSettings | None = None  # its [[select]] table's; None: the daemon's
+    settings: Settings | None = None  # its [[select]] table's; None: the daemon's own
     overrides: dict[str, Any] = field(default_factory=dict)  # that table's, as written
 
     def set_status(self, status: str, reason: str) -> None:
@@ -107,15 +107,14 @@ class NodeDaemon:
         self.token = secrets.token_hex(16)
         self.hub = SessionHub(
             self.sinks,
-            self._agent_settings(settings),
+            agent_settings_from(settings, orphan_timeout=daemon.orphan_timeout),
             # One daemon serves many services: no global service name, each process's own.
             ResourceSettings(None, settings.service_version, dict(settings.resource_attributes)),
             self.token,
             self._on_notice,
             self.metrics,
             names=SpanNames(settings.max_span_names),
-            resource_for=self._resource_for,
-            settings_for=self._settings_for,
+            setup_for=self._setup_for,
         )
         self.tracked: dict[tuple[int, float], Tracked] = {}
         self.http = HttpServer(build_registry(self.metrics, settings.metrics_naming), self.problems)
@@ -179,8 +178,7 @@ class NodeDaemon:
             return
         tracked.set_status("attaching", reason)
         # Sent to the agent as it boots: it keeps them until it is attached again.
-        own = table.settings if table is not None else None
-        tracked.agent_settings = self._agent_settings(own) if own is not None else None
+        tracked.settings = table.settings if table is not None else None
         tracked.overrides = dict(table.overrides) if table is not None else {}
         task = asyncio.create_task(self._attach(tracked))
         self._attaching.add(task)
@@ -285,18 +283,20 @@ class NodeDaemon:
                 return tracked
         return None
 
-    def _agent_settings(self, settings: Settings) -> AgentSettings:
-        return agent_settings_from(settings, orphan_timeout=self.daemon.orphan_timeout)
-
-    def _settings_for(self, pid: int) -> AgentSettings:
-        """What the agent booting in `pid` is told to do: its table's settings, if any."""
+    def _setup_for(self, pid: int) -> ProcessSetup:
+        """For the hub: what the agent in `pid` does (its table's settings, else the
+        daemon's), the rules that name its spans, and its container and pod."""
         tracked = self._by_pid(pid)
-        if tracked is None or tracked.agent_settings is None:
-            return self.hub.agent_settings
-        return tracked.agent_settings
+        own = tracked.settings if tracked is not None else None
+        settings = own if own is not None else self.settings
+        agent = (
+            agent_settings_from(own, orphan_timeout=self.daemon.orphan_timeout)
+            if own is not None
+            else self.hub.agent_settings
+        )
+        return ProcessSetup(agent, RuleBook(list(settings.rules)), self._resource_for(tracked))
 
-    def _resource_for(self, pid: int) -> dict[str, str]:
-        tracked = self._by_pid(pid)
+    def _resource_for(self, tracked: Tracked | None) -> dict[str, str]:
         if tracked is None:
             return {}
         attributes: dict[str, str] = {}

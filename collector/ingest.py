@@ -31,7 +31,7 @@ from .session import ProcessSession, ResourceSettings, SpanNames
 from .sinks import RecordSink, SpanSink
 from .spans import MALFORMED, build_span
 
-__all__ = ["AgentConnection", "Notice", "SessionHub"]
+__all__ = ["AgentConnection", "Notice", "ProcessSetup", "SessionHub"]
 
 _SPAN_CHECKER = span_checker()  # compiled, or None: wire checks each span in Python
 ROOM_WAIT: Final = 0.5  # seconds one SPANS frame may wait for room in a backlogged sink
@@ -48,6 +48,16 @@ class Notice:
     session: ProcessSession | None = None
 
 
+@dataclass(frozen=True)
+class ProcessSetup:
+    """What the node daemon says of one process: what its agent does, the rules that name
+    its spans, and resource attributes of its own (container, pod)."""
+
+    agent: AgentSettings
+    rules: RuleBook
+    resource: dict[str, str]
+
+
 class SessionHub:
     """Shared by all connections: settings, sinks, live sessions, and the notice callback."""
 
@@ -61,11 +71,9 @@ class SessionHub:
         metrics: MetricsStore | None = None,
         rules: RuleBook | None = None,
         names: SpanNames | None = None,
-        resource_for: Callable[[int], dict[str, str]] | None = None,
-        settings_for: Callable[[int], AgentSettings] | None = None,
+        setup_for: Callable[[int], ProcessSetup | None] | None = None,
     ) -> None:
-        self.resource_for = resource_for  # extra resource attributes per PID (node daemon)
-        self.settings_for = settings_for  # the agent's settings per PID (node daemon)
+        self.setup_for = setup_for  # the node daemon's word on each PID
         self.sinks = sinks
         self.rules = rules if rules is not None else RuleBook([])
         self.names = names if names is not None else SpanNames(1000)
@@ -87,6 +95,10 @@ class SessionHub:
             if connection.pid == pid and connection.session is not None:
                 return connection
         return None
+
+    def setup(self, pid: int) -> ProcessSetup | None:
+        """The node daemon's setup for `pid` (None: the hub's own settings and rules)."""
+        return self.setup_for(pid) if self.setup_for is not None else None
 
     def token_ok(self, token: object) -> bool:
         """True if a peer presented this collector's token."""
@@ -209,15 +221,16 @@ class AgentConnection:
             if not hub.token_ok(body.get("token")):
                 self.send(wire.STOP, {"reason": "bad token"})
                 raise wire.WireError("a process presented a wrong session token")
-            own = hub.settings_for(self.pid) if hub.settings_for is not None else None
-            self.send(wire.PAYLOAD, payload(own or hub.agent_settings))
+            setup = hub.setup(self.pid)
+            self.send(wire.PAYLOAD, payload(setup.agent if setup else hub.agent_settings))
             hub.notify(Notice("booting", self.pid, f"Python {body.get('python')} connected"))
         elif kind == wire.HELLO:
             if not hub.token_ok(body.get("token")):
                 raise wire.WireError("an agent presented a wrong session token")
-            extra = hub.resource_for(self.peer_pid) if hub.resource_for is not None else {}
+            setup = hub.setup(self.peer_pid)
+            rules, extra = (setup.rules, setup.resource) if setup else (hub.rules, {})
             self.session = ProcessSession(
-                body, hub.resource, self.peer_pid, hub.rules, hub.names, extra
+                body, hub.resource, self.peer_pid, rules, hub.names, extra
             )
             self.pid = self.session.pid
             hub.sessions[self.pid] = self.session

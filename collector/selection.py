@@ -27,7 +27,7 @@ from .discovery import ProcessFacts
 from .kubernetes import PodInfo
 from .settings import Settings, overridden
 
-__all__ = ["DEFAULT_OPT_IN", "Decision", "Selection", "Selector"]
+__all__ = ["DEFAULT_OPT_IN", "Decision", "Selection", "Selector", "shown"]
 
 DEFAULT_OPT_IN = "ASYNC_INSPECT_ENABLE=1"
 _KEYS = ("command", "executable", "env", "service", "namespace", "container", "label",
@@ -76,7 +76,13 @@ class Selector:
         keys = ", ".join(f"{key}={getattr(self, key)}" for key in _KEYS if getattr(self, key))
         if not self.overrides:
             return keys
-        return f"{keys}; {', '.join(f'{key}={value}' for key, value in self.overrides)}"
+        own = ", ".join(f"{key}={shown(key, value)}" for key, value in self.overrides)
+        return f"{keys}; {own}"
+
+
+def shown(key: str, value: Any) -> Any:
+    """A table setting as `ps` and the reasons show it: rules by their number."""
+    return len(value) if key == "rules" and isinstance(value, list) else value
 
 
 def _exe_matches(facts: ProcessFacts, wanted: str) -> bool:

@@ -284,15 +284,16 @@ def resolve(
 
 
 PER_PROCESS = ("sampler", "sampler_arg", "burst", "include", "exclude", "max_events",
-               "split_after", "max_attribute_values")  # fmt: skip
-"""What the agent in one process does: a node daemon's `[[select]]` table may set these for
-the processes it selects (`settings = {...}`). Everything else is the daemon's own."""
+               "split_after", "max_attribute_values", "rules")  # fmt: skip
+"""What the agent in one process does, and the rules of its spans: a node daemon's
+`[[select]]` table may set these for the processes it selects (`settings = {...}`). Everything
+else is the daemon's own."""
 
 
 def overridden(settings: Settings, table: object, source: str) -> Settings:
     """`settings` with a `[[select]]` table's `settings = {...}` over it, validated as a
-    whole (bursts need a sampling ratio; `burst = false` turns the daemon's bursts off).
-    ConfigError names the table's key at fault."""
+    whole (bursts need a sampling ratio; `burst = false` turns the daemon's bursts off; the
+    table's `rules` come before the daemon's). ConfigError names the table's key at fault."""
     if not isinstance(table, dict) or not table:
         raise ConfigError(f"{source} must be a non-empty table of settings")
     unknown = set(table) - set(PER_PROCESS)
@@ -306,7 +307,13 @@ def overridden(settings: Settings, table: object, source: str) -> Settings:
         # `burst = false`: record all the time, where the daemon records in bursts.
         key: None if key == "burst" and raw is False else _from_file(by_key[key], raw, source)
         for key, raw in table.items()
+        if key != "rules"
     }
+    values["warnings"] = ()  # the table's own, the daemon's are said once
+    if "rules" in table:  # first, then the daemon's: the first rule that matches applies
+        rules, warnings = parse_rules(table["rules"], source)
+        values["rules"] = (*rules, *settings.rules)
+        values["warnings"] = tuple(warnings)
     try:
         return replace(settings, **values)
     except ConfigError as exc:

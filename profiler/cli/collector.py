@@ -54,11 +54,12 @@ def collector(
     if values.get("metrics_address") is None and "metrics_address" not in file:
         values["metrics_address"] = os.environ.get("ASYNC_INSPECT_METRICS_ADDRESS", "0.0.0.0")
     settings = resolve(values, os.environ, file or None, source)
-    for warning in settings.warnings:
-        logging.getLogger("async_inspect").warning("%s", warning)
     daemon = _daemon_settings(file.get("collector", {}), source, interval, max_processes,
                               node_name)  # fmt: skip
     selection = Selection.from_config(file, source, settings) if file else Selection.default()
+    tables = [table.settings for table in selection.select if table.settings is not None]
+    for warning in [*settings.warnings, *(w for own in tables for w in own.warnings)]:
+        logging.getLogger("async_inspect").warning("%s", warning)
     port = settings.metrics_port if settings.metrics_port is not None else 9464
     node = NodeDaemon(settings, daemon, selection, KubeApi.discover())
     return asyncio.run(_serve(node, port, settings.metrics_address))

@@ -127,25 +127,36 @@ def test_each_select_table_tells_its_agents_what_to_do(
     receiver: OtlpReceiver,
     tmp_path: Path,
 ) -> None:
-    # GIVEN a daemon recording everything, but one service in bursts 25 % of the time
+    # GIVEN a daemon recording everything, with a rule that names auth_user's spans; one
+    # service in bursts 25 % of the time, one with a rule of its own for the same function
     bursty = containers(OTEL_SERVICE_NAME="svc-bursty")
+    renamed = containers(OTEL_SERVICE_NAME="svc-renamed")
     full = containers(INTERPRETERS[max(INTERPRETERS)], OTEL_SERVICE_NAME="svc-full")
     config = tmp_path / "config.toml"
     config.write_text(f"""
 endpoint = "{receiver.endpoint}"
+[[rules]]
+match = "*:auth_user"
+name = "authenticate"
+attributes = {{ team = "identity" }}
+
 [[select]]
 service = "svc-bursty"
 settings = {{ sampler = "traceidratio", sampler_arg = 0.25, burst = 0.2 }}
+[[select]]
+service = "svc-renamed"
+[[select.settings.rules]]
+match = "*:auth_user"
+name = "login"
 [[select]]
 service = "svc-full"
 """)
     daemon = Daemon("--config", str(config))
     daemons.append(daemon)
-    # WHEN both are attached
-    seen = daemon.wait(
-        lambda p: all(p.get(c.pid, {}).get("status") == "attached" for c in (bursty, full))
-    )
-    # THEN each agent got its table's settings, as the API shows
+    # WHEN all three are attached
+    apps = (bursty, renamed, full)
+    seen = daemon.wait(lambda p: all(p.get(c.pid, {}).get("status") == "attached" for c in apps))
+    # THEN each agent got its table's settings, as the API and `ps` show
     assert seen[bursty.pid]["settings"] == {
         "sampler": "traceidratio",
         "sampler_arg": 0.25,
@@ -156,15 +167,24 @@ service = "svc-full"
                         capture_output=True, text=True, timeout=60)  # fmt: skip
     rows = {line.split()[0]: line for line in ps.stdout.splitlines()[1:]}
     assert "[sampler=traceidratio, sampler_arg=0.25, burst=0.2] via " in rows[str(bursty.pid)]
+    assert "[rules=1] via " in rows[str(renamed.pid)]
     assert "attached" in rows[str(full.pid)] and "[" not in rows[str(full.pid)]
-    # AND the agents report doing so: one records a quarter of the time, the other always
-    shares = _wait_for_shares(daemon, {"svc-bursty", "svc-full"})
-    assert shares == {"svc-bursty": 0.25, "svc-full": 1.0}
-    assert full.send("request") == "ok"
-    receiver.wait_for(
-        lambda s: any(x.resource["service.name"] == "svc-full" and x.name == "handle_request"
-                      for x in s)
-    )  # fmt: skip
+    # AND the agents report doing so: one records a quarter of the time, the others always
+    shares = _wait_for_shares(daemon, {"svc-bursty", "svc-renamed", "svc-full"})
+    assert shares == {"svc-bursty": 0.25, "svc-renamed": 1.0, "svc-full": 1.0}
+    # AND a table's rule comes before the daemon's, which names the other services' spans
+    assert renamed.send("request") == "ok" and full.send("request") == "ok"
+    spans = receiver.wait_for(
+        lambda s: (
+            {"svc-renamed", "svc-full"}
+            <= {x.resource["service.name"] for x in s if x.name in ("login", "authenticate")}
+        )
+    )
+    auth = ("login", "authenticate", "auth_user")
+    named = {(x.resource["service.name"], x.name) for x in spans if x.name in auth}
+    assert named == {("svc-renamed", "login"), ("svc-full", "authenticate")}
+    full_auth = next(x for x in spans if x.name == "authenticate")
+    assert full_auth.attributes["team"] == "identity"
     assert daemon.stop() == 0
 
 

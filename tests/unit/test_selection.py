@@ -109,6 +109,29 @@ def test_a_table_can_record_all_the_time_where_the_daemon_records_in_bursts() ->
     assert other is not None and other.settings is None
 
 
+def test_a_tables_rules_come_before_the_daemons() -> None:
+    # GIVEN a daemon rule for every health check, and a table with rules of its own
+    selection, _ = load(
+        '[[rules]]\nmatch = "*:health*"\nexclude = true\n'
+        '[[select]]\nservice = "shop"\n'
+        '[[select.settings.rules]]\nmatch = "shop.api:health"\nname = "probe"\n'
+        '[[select.settings.rules]]\nmatch = "shop.pay:*"\nsample_rate = 1.0\n'
+    )
+    # WHEN a process of that service is decided
+    decision = selection.decide(process(1), None, "shop")
+    # THEN the table's rules come first and the daemon's still follow
+    assert decision.table is not None and decision.table.settings is not None
+    rules = decision.table.settings.rules
+    assert [rule.match for rule in rules] == ["shop.api:health", "shop.pay:*", "*:health*"]
+    assert rules[0].name == "probe" and rules[1].sample_rate == 1.0 and rules[2].exclude
+    agent = agent_settings_from(decision.table.settings)
+    assert [rule["match"] for rule in agent.rules] == [rule.match for rule in rules]
+    assert decision.reason == "selected by [service=shop; rules=2]"
+    # AND a mistake in one of them names it
+    with pytest.raises(ConfigError, match=r"select\[0\]\.settings: rules\[0\] has unknown"):
+        load('[[select]]\nservice = "shop"\n[[select.settings.rules]]\nmatch = "a"\nnam = "b"\n')
+
+
 def test_exclusion_tables_take_no_settings() -> None:
     with pytest.raises(ConfigError, match=r"exclude_processes\[0\] has unknown selector key"):
         load("[[exclude_processes]]\nenv = 'A=1'\nsettings = { max_events = 3 }\n")

@@ -117,7 +117,11 @@ One [[select]] / [[exclude_processes]] item in words, for NOTES.txt: `namespace 
 {{- with .settings }}
 {{- $own := list }}
 {{- range $key, $value := . }}
+{{- if eq $key "rules" }}
+{{- $own = append $own (printf "rules=%d" (len $value)) }}
+{{- else }}
 {{- $own = append $own (printf "%s=%v" $key $value) }}
+{{- end }}
 {{- end }}
 {{- $parts = append $parts (printf "with %s" (join ", " $own)) }}
 {{- end }}

@@ -70,6 +70,7 @@ def attach_session(
     draw = tree if tree is not None else settings.endpoint is None
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     outcome = "detached"
+    announced = False  # the `attached` line is out
     try:
         # Made once the rendezvous exists, so that an output it cannot open removes it too.
         collector = LocalCollector(
@@ -98,11 +99,15 @@ def attach_session(
                     f"via {method}, "
                     f"{callbacks_note(watch.hello)}){bursts}; Ctrl-C to detach"
                 )
+                announced = True
                 outcome = _stream(watch, duration)
                 if outcome != "exited":
                     loop.run(_detach(collector, pid))
             except (KeyboardInterrupt, _Stop):
-                if not watch.confirmed.is_set() and not _started_after_all(
+                if watch.confirmed.is_set():
+                    if not announced and watch.error is None:  # gdb held the Ctrl-C back
+                        reporter.say(f"interrupted as the agent in PID {pid} reported; detaching")
+                elif not _started_after_all(
                     loop.run(collector.agent_arriving()), watch, reporter, pid, timeout
                 ):
                     return 130

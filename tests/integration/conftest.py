@@ -1,5 +1,5 @@
-"""Fixtures of the integration tests: node-daemon "containers" and daemons (nodes.py),
-each stopped at the end of its test."""
+"""Fixtures of the integration tests: probe_app targets (probes.py), node-daemon
+"containers" and daemons (nodes.py), each stopped at the end of its test."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import INTERPRETERS
 from tests.integration.nodes import Container, Daemon
+from tests.integration.probes import Target
 
 
 @pytest.fixture
@@ -34,3 +35,11 @@ def daemons() -> Iterator[list[Daemon]]:
             daemon.process.kill()
             daemon.process.wait()
         daemon.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def targets() -> Iterator[list[Target]]:
+    started: list[Target] = []
+    yield started
+    for target in started:
+        target.stop()

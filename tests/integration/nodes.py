@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import CLI, TARGETS, outside_tmp
+from tests.conftest import CLI
+from tests.integration.probes import IN_NAMESPACES, Target
 
 CGROUP = Path("/sys/fs/cgroup/pids")
 NEEDS_NAMESPACES = [
@@ -30,47 +31,25 @@ NEEDS_NAMESPACES = [
 ]
 
 
-class Container:
+class Container(Target):
     """A probe_app in its own mount+PID namespaces, private /tmp, and a cgroup named by a
-    64-hex container id (as docker/containerd name theirs)."""
+    64-hex container id (as docker/containerd name theirs). `pid` is the app's, as the host
+    sees it."""
 
     def __init__(self, python: str, env: dict[str, str]) -> None:
         self.id = secrets.token_hex(32)
         self.cgroup = CGROUP / "async-inspect-test" / self.id
         self.cgroup.mkdir(parents=True)
-        script = outside_tmp(TARGETS / "probe_app.py")
-        inner = f"mount -t tmpfs tmpfs /tmp && exec {python} {script} idle"
-        self.process = subprocess.Popen(
-            [
-                "sh",
-                "-c",
-                f"echo $$ > {self.cgroup}/cgroup.procs && exec unshare --mount --pid "
-                f'--fork --mount-proc --kill-child sh -c "{inner}"',
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().split()
-        assert line[:1] == ["ready"], self.process.stderr.read() if self.process.stderr else ""
-        self.port = int(line[1])
+        enter = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
+        super().__init__(python, "idle", prefix=["sh", "-c", enter, "sh", *IN_NAMESPACES], **env)
         self.pid = next(
             child.pid
             for child in psutil.Process(self.process.pid).children(recursive=True)
             if "probe_app" in " ".join(child.cmdline())
         )
 
-    def send(self, line: str) -> str:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
-            conn.sendall(line.encode() + b"\n")
-            return conn.makefile().readline().strip()
-
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # unshare --kill-child takes the app with it
-        self.process.wait(10)
+        super().stop()  # unshare --kill-child takes the app with it
         deadline = time.monotonic() + 10
         while psutil.pid_exists(self.pid) and time.monotonic() < deadline:
             time.sleep(0.05)

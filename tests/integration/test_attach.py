@@ -3,122 +3,30 @@ and the target checked from the inside afterwards: nothing of ours left in it.""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from profiler.agent import accelerator
-from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params, outside_tmp
+from tests.conftest import CLI, INTERPRETERS, interpreter_params
+from tests.integration.probes import IN_NAMESPACES, Session, Target
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ATTACH_LATENCY = 2.0  # from injection start: the requirement
 CLI_START_ALLOWANCE = 10.0  # importing our CLI (OpenTelemetry, gRPC, aiohttp) on a busy machine
 
 
-class Target:
-    """A running probe_app.py."""
-
-    def __init__(self, python: str, mode: str, prefix: list[str] | None = None, **env: str):
-        self.process = subprocess.Popen(
-            [*(prefix or []), python, str(outside_tmp(TARGETS / "probe_app.py")), mode],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().split()
-        assert line and line[0] == "ready", (
-            self.process.stderr.read() if self.process.stderr else ""
-        )
-        self.ports = [int(port) for port in line[1:]]
-        self.pid = self.process.pid
-
-    def send(self, line: str, port: int | None = None) -> str:
-        with socket.create_connection(("127.0.0.1", port or self.ports[0]), timeout=10) as conn:
-            conn.sendall(line.encode() + b"\n")
-            return conn.makefile().readline().strip()
-
-    def probe(self, port: int | None = None) -> dict[str, object]:
-        return dict(json.loads(self.send("probe", port)))
-
-    def alive(self) -> bool:
-        return self.process.poll() is None and self.send("x") == "ok"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
-def pod(python: str, tmp_path: Path) -> Target:
-    """An idle probe_app in its own mount and PID namespaces with a private /tmp: a stand-in
-    for a container."""
-    wrapper = tmp_path / "pod.sh"
-    wrapper.write_text('mount -t tmpfs tmpfs /tmp && exec "$@"\n')
-    unshare = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    return Target(python, "idle", prefix=[*unshare, "sh", str(wrapper)])
-
-
-@pytest.fixture
-def targets() -> Iterator[list[Target]]:
-    started: list[Target] = []
-    yield started
-    for target in started:
-        target.stop()
-
-
-class Session:
-    """A running `async-inspect attach` (stderr read line by line)."""
-
-    def __init__(
-        self,
-        pid: int,
-        *args: str,
-        env: dict[str, str] | None = None,
-        prefix: list[str] | None = None,
-    ) -> None:
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [*(prefix or []), *CLI, "attach", str(pid), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env if env is not None else os.environ.copy(),
-        )
-        self.lines: list[str] = []
-
-    def wait_for(self, word: str, timeout: float = 20.0) -> float:
-        """Seconds from start until a stderr line containing `word`."""
-        assert self.process.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if word in line:
-                return time.monotonic() - self.started
-        raise AssertionError(f"no {word!r} line; stderr so far: {''.join(self.lines)}")
-
-    def interrupt(self) -> tuple[int, str]:
-        """Ctrl-C; returns (exit status, rest of stderr)."""
-        self.process.send_signal(signal.SIGINT)
-        return self.finish()
-
-    def finish(self, timeout: float = 30) -> tuple[int, str]:
-        _, rest = self.process.communicate(timeout=timeout)
-        return self.process.returncode, "".join(self.lines) + rest
+def pod(python: str) -> Target:
+    """An idle probe_app in namespaces of its own with a private /tmp: a stand-in for a
+    container."""
+    return Target(python, "idle", prefix=IN_NAMESPACES)
 
 
 def spec_trees(spans: list[ReceivedSpan]) -> list[list[str]]:
@@ -248,7 +156,7 @@ def test_attach_to_a_target_in_other_namespaces(
     receiver: OtlpReceiver, targets: list[Target], tmp_path: Path
 ) -> None:
     # GIVEN a target in its own mount and PID namespaces, with a private /tmp
-    target = pod(INTERPRETERS[min(INTERPRETERS)], tmp_path)
+    target = pod(INTERPRETERS[min(INTERPRETERS)])
     targets.append(target)
     inner = subprocess.run(
         ["pgrep", "-f", "-P", str(target.pid), "probe_app"], capture_output=True, text=True
@@ -269,64 +177,11 @@ def test_attach_to_a_target_in_other_namespaces(
 
 
 def _descendant(pid: int) -> int:
-    import psutil
 
     for child in psutil.Process(pid).children(recursive=True):
         if "probe_app" in " ".join(child.cmdline()):
             return int(child.pid)
     raise AssertionError("no probe_app in the namespace")
-
-
-def test_ctrl_c_during_injection_leaves_the_target_unharmed() -> None:
-    # GIVEN a 3.12 target that never reaches a safe point by itself (pure CPU, one thread)
-    python = INTERPRETERS[min(INTERPRETERS)]
-    target = subprocess.Popen(
-        [python, str(TARGETS / "cpu_bound.py")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert target.stdout is not None and target.stdout.readline() == "ready\n"
-        session = Session(target.pid, "--timeout", "30", "--no-tree")
-        time.sleep(2.5)  # gdb is attached and waiting for a safe point
-        status, stderr = session.interrupt()
-        assert status == 130, stderr
-        assert "untouched" in stderr and "Traceback" not in stderr
-        status_file = Path(f"/proc/{target.pid}/status").read_text()
-        assert "\nState:\tR" in status_file and "\nTracerPid:\t0\n" in status_file
-        cpu = Path(f"/proc/{target.pid}/stat").read_text().split()[13]
-        time.sleep(0.3)
-        assert Path(f"/proc/{target.pid}/stat").read_text().split()[13] != cpu  # still running
-    finally:
-        target.kill()
-        target.wait()
-
-
-def _unix_sockets(pid: int) -> int:
-    return len(psutil.Process(pid).net_connections(kind="unix"))
-
-
-@pytest.mark.parametrize("version", interpreter_params())
-def test_ctrl_c_while_the_agent_starts_waits_for_it_then_detaches(
-    version: str, targets: list[Target]
-) -> None:
-    # GIVEN a target whose agent takes a while to start: 60,000 pending tasks to adopt, ~0.5 s
-    # (20,000 left ~0.2 s, which a Ctrl-C held back until gdb has left could miss on a busy
-    # machine: the session then detached as after `attached`, without saying it waited)
-    target = Target(INTERPRETERS[version], "crowd")
-    targets.append(target)
-    before, sockets = target.probe(), _unix_sockets(target.pid)
-    session = Session(target.pid, "--no-tree")
-    # WHEN Ctrl-C as soon as the agent has connected to the session, before it reported
-    deadline = time.monotonic() + 30
-    while _unix_sockets(target.pid) == sockets:
-        assert time.monotonic() < deadline, "the agent never connected"
-        time.sleep(0.005)
-    status, stderr = session.interrupt()
-    # THEN the session lets it finish starting, then detaches it: nothing of ours is left
-    assert status == 0, stderr
-    assert f"interrupted while the agent starts in PID {target.pid}" in stderr, stderr
-    assert f"detached from PID {target.pid}" in stderr and "Traceback" not in stderr
-    assert target.probe() == before
-    assert target.alive()
 
 
 def attach_error(pid: int, env: dict[str, str] | None = None, *args: str) -> tuple[int, str]:
@@ -475,7 +330,7 @@ def test_attach_from_a_container_with_only_the_charts_capabilities(
 ) -> None:
     # GIVEN a target in its own mount + PID namespaces ("a pod"), and the CLI in yet another
     # mount namespace holding only the capabilities the Helm chart grants ("the DaemonSet")
-    target = pod(INTERPRETERS[version], tmp_path)
+    target = pod(INTERPRETERS[version])
     targets.append(target)
     pid = _descendant(target.pid)
     caps = CHART_CAPABILITIES

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import CLI, INTERPRETERS, TARGETS, interpreter_params, outside_tmp
 from tests.integration.exporting import CLEAN_ENV, PYTHON, run
-from tests.integration.test_attach import Session, Target
+from tests.integration.probes import Session, Target
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 BURST, RATIO = 0.2, 0.25  # a burst every 0.8 s

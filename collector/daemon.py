@@ -36,7 +36,7 @@ from .http import HttpServer
 from .ingest import Notice, ProcessSetup, SessionHub
 from .kubernetes import KubeApi, PodDirectory, PodInfo
 from .metrics import MetricsStore
-from .selection import Selection
+from .selection import Selection, Selector
 from .service import SOCKET_NAME, agent_settings_from, build_sinks
 from .session import ResourceSettings, SpanNames
 from .settings import Settings
@@ -78,8 +78,7 @@ class Tracked:
     agent_error: str | None = None
     rendezvous: Rendezvous | None = None
     listener: asyncio.AbstractServer | None = None
-    settings: Settings | None = None  # its [[select]] table's; None: the daemon's own
-    overrides: dict[str, Any] = field(default_factory=dict)  # that table's, as written
+    table: Selector | None = None  # the [[select]] table it was attached by
 
     def set_status(self, status: str, reason: str) -> None:
         """Change status (and the time it changed) only if it differs."""
@@ -178,8 +177,7 @@ class NodeDaemon:
             return
         tracked.set_status("attaching", reason)
         # Sent to the agent as it boots: it keeps them until it is attached again.
-        tracked.settings = table.settings if table is not None else None
-        tracked.overrides = dict(table.overrides) if table is not None else {}
+        tracked.table = table
         task = asyncio.create_task(self._attach(tracked))
         self._attaching.add(task)
         task.add_done_callback(self._attaching.discard)
@@ -287,7 +285,7 @@ class NodeDaemon:
         """For the hub: what the agent in `pid` does (its table's settings, else the
         daemon's), the rules that name its spans, and its container and pod."""
         tracked = self._by_pid(pid)
-        own = tracked.settings if tracked is not None else None
+        own = tracked.table.settings if tracked is not None and tracked.table else None
         settings = own if own is not None else self.settings
         agent = (
             agent_settings_from(own, orphan_timeout=self.daemon.orphan_timeout)
@@ -352,7 +350,7 @@ class NodeDaemon:
             "attached_at": tracked.attached_at,
             "attempts": tracked.attempts,
             "last_error": tracked.last_error,
-            "settings": tracked.overrides,
+            "settings": dict(tracked.table.overrides) if tracked.table else {},
         }
         if tracked.pod is not None:
             described["pod"] = {"name": tracked.pod.name, "namespace": tracked.pod.namespace,

@@ -18,6 +18,7 @@ settings.PER_PROCESS), over the daemon's own settings. The first matching table'
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -27,7 +28,7 @@ from .discovery import ProcessFacts
 from .kubernetes import PodInfo
 from .settings import Settings, overridden
 
-__all__ = ["DEFAULT_OPT_IN", "Decision", "Selection", "Selector", "shown"]
+__all__ = ["DEFAULT_OPT_IN", "Decision", "Selection", "Selector", "settings_text"]
 
 DEFAULT_OPT_IN = "ASYNC_INSPECT_ENABLE=1"
 _KEYS = ("command", "executable", "env", "service", "namespace", "container", "label",
@@ -55,10 +56,7 @@ class Selector:
         """True if every key of this table matches the process."""
         checks = [
             self.command is None or fnmatch.fnmatchcase(facts.command, self.command),
-            self.executable is None
-            or (
-                facts.target is not None and fnmatch.fnmatchcase(facts.target.exe, self.executable)
-            ),
+            self.executable is None or _exe_matches(facts, self.executable),
             self.env is None or _env_matches(facts.environ, self.env),
             self.service is None or fnmatch.fnmatchcase(service, self.service),
             self.namespace is None
@@ -76,13 +74,16 @@ class Selector:
         keys = ", ".join(f"{key}={getattr(self, key)}" for key in _KEYS if getattr(self, key))
         if not self.overrides:
             return keys
-        own = ", ".join(f"{key}={shown(key, value)}" for key, value in self.overrides)
-        return f"{keys}; {own}"
+        return f"{keys}; {settings_text(self.overrides)}"
 
 
-def shown(key: str, value: Any) -> Any:
-    """A table setting as `ps` and the reasons show it: rules by their number."""
-    return len(value) if key == "rules" and isinstance(value, list) else value
+def settings_text(overrides: Iterable[tuple[str, Any]]) -> str:
+    """A table's settings as `ps` and the reasons show them: `key=value, ...`, rules by
+    their number."""
+    return ", ".join(
+        f"{key}={len(value) if key == 'rules' and isinstance(value, list) else value}"
+        for key, value in overrides
+    )
 
 
 def _exe_matches(facts: ProcessFacts, wanted: str) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from collector.selection import shown
+from collector.selection import settings_text
 from profiler.errors import AsyncInspectError
 
 __all__ = ["ps", "top"]
@@ -64,7 +64,7 @@ def ps(api: str, show_all: bool) -> int:
     for process in processes:
         detail = process.get("last_error") or process.get("reason") or process.get("command", "")
         if own := process.get("settings"):  # a node daemon's [[select]] table set them
-            detail = f"[{', '.join(f'{k}={shown(k, v)}' for k, v in own.items())}] {detail}"
+            detail = f"[{settings_text(own.items())}] {detail}"
         click.echo(
             f"{process['pid']:>7}  {process.get('status', '?'):<12} "
             f"{_age(process.get('since')):>7}  {process.get('python') or '-':<7} "
